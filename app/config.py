@@ -1,0 +1,190 @@
+"""Server settings: defaults, ``OFFLOAD_*`` environment variables and command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import re
+import sys
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "OFFLOAD_"
+
+# ProcessPoolExecutor rejects more than 61 workers on Windows, because
+# WaitForMultipleObjects accepts at most 64 handles.
+MAX_WINDOWS_WORKERS = 61
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+               "kib": KiB, "mib": MiB, "gib": GiB}
+_SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+
+
+class SettingsError(ValueError):
+    """Raised when a flag or environment variable has an invalid value."""
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count such as ``1048576``, ``512MiB`` or ``2GB``."""
+    match = _SIZE_PATTERN.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise SettingsError(
+            f"invalid size {text!r}: use a whole number of bytes, optionally with one of "
+            "KB, MB, GB, KiB, MiB, GiB"
+        )
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def default_pool_size() -> int:
+    count = os.cpu_count() or 1
+    if sys.platform == "win32":
+        count = min(count, MAX_WINDOWS_WORKERS)
+    return count
+
+
+def _option(help: str, kind: str = "", choices: Sequence[str] | None = None) -> dict[str, Any]:
+    return {"help": help, "kind": kind, "choices": choices}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be configured with; each field is a flag and an environment variable."""
+
+    host: str = field(default="127.0.0.1", metadata=_option("address to listen on"))
+    port: int = field(default=8000, metadata=_option("TCP port to listen on"))
+    workers: int = field(
+        default_factory=default_pool_size,
+        metadata=_option("worker processes in the job pool (default: the CPU count, at most 61 on Windows)"),
+    )
+    data_dir: Path = field(
+        default=Path("offload-data"),
+        metadata=_option("directory for uploads, job outputs and the lock file; created if missing"),
+    )
+    start_method: str = field(
+        default="spawn",
+        metadata=_option("how worker processes start", choices=("spawn", "forkserver", "fork")),
+    )
+    max_upload_bytes: int = field(
+        default=1 * GiB,
+        metadata=_option("maximum size of one uploaded file, in bytes (suffixes KB, MB, GB, KiB, MiB, GiB)",
+                         kind="size"),
+    )
+    max_queued_jobs_per_session: int = field(
+        default=100, metadata=_option("queued jobs one session may have before new jobs get 429")
+    )
+    max_queued_jobs: int = field(
+        default=1000, metadata=_option("queued jobs over all sessions before new jobs get 429")
+    )
+    session_idle_s: float = field(
+        default=3600.0,
+        metadata=_option("seconds a session may go unused before it expires and its files are deleted"),
+    )
+    ws_send_queue: int = field(
+        default=1000,
+        metadata=_option("events a websocket client may fall behind by before it is disconnected; "
+                         "progress events are merged first"),
+    )
+    event_backlog: int = field(
+        default=10000,
+        metadata=_option("events kept per session for clients that reconnect with ?after=SEQ"),
+    )
+    job_grace_s: float = field(
+        default=3.0,
+        metadata=_option("seconds running jobs may go on after a shutdown signal before their workers "
+                         "are terminated"),
+    )
+    shutdown_timeout_s: float = field(
+        default=10.0,
+        metadata=_option("seconds from a shutdown signal to a forced exit, whatever is still running"),
+    )
+    log_level: str = field(
+        default="INFO",
+        metadata=_option("logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+    extra_kinds: tuple[str, ...] = field(
+        default=(),
+        metadata=_option("comma-separated importable modules that define more job kinds", kind="list"),
+    )
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"invalid port {self.port!r}: use 0 to 65535")
+        if self.workers < 1:
+            raise SettingsError(f"invalid workers {self.workers!r}: use at least 1")
+        if sys.platform == "win32" and self.workers > MAX_WINDOWS_WORKERS:
+            raise SettingsError(
+                f"invalid workers {self.workers!r}: Windows allows at most {MAX_WINDOWS_WORKERS}"
+            )
+        available = multiprocessing.get_all_start_methods()
+        if self.start_method not in available:
+            raise SettingsError(
+                f"invalid start method {self.start_method!r}: this platform has {', '.join(available)}"
+            )
+        for name in ("max_upload_bytes", "max_queued_jobs_per_session", "max_queued_jobs",
+                     "ws_send_queue", "event_backlog"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"invalid {name} {getattr(self, name)!r}: use at least 1")
+        for name in ("session_idle_s", "job_grace_s", "shutdown_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"invalid {name} {getattr(self, name)!r}: use a positive number")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(spec: dataclasses.Field[Any], text: str) -> Any:
+    kind = spec.metadata["kind"]
+    if kind == "size":
+        return parse_size(text)
+    if kind == "list":
+        return tuple(item.strip() for item in text.split(",") if item.strip())
+    target = typing.get_type_hints(Settings)[spec.name]
+    if target is Path:
+        return Path(text)
+    if target is str:
+        return text
+    try:
+        return target(text)
+    except ValueError:
+        raise SettingsError(f"invalid {spec.name} {text!r}: expected a {target.__name__}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; defaults are applied later so the environment can fill them."""
+    for spec in dataclasses.fields(Settings):
+        flag = "--" + spec.name.replace("_", "-")
+        env = ENV_PREFIX + spec.name.upper()
+        help_text = f"{spec.metadata['help']} [env {env}]"
+        parser.add_argument(flag, dest=spec.name, default=None, metavar=spec.name.upper(),
+                            choices=spec.metadata["choices"], help=help_text)
+
+
+def settings_from(arguments: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from parsed flags first, then ``OFFLOAD_*`` variables, then defaults."""
+    arguments = arguments or {}
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(Settings):
+        text = arguments.get(spec.name)
+        if text is None:
+            text = environ.get(ENV_PREFIX + spec.name.upper())
+        if text is None:
+            continue
+        values[spec.name] = _convert(spec, str(text))
+    if "log_level" in values:
+        values["log_level"] = values["log_level"].upper()
+    return Settings(**values)

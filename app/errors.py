@@ -1,0 +1,56 @@
+"""API errors: every failure leaves as ``{"error": {"code", "message"}}`` with the usual status."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart, Response, has_request_context, jsonify, request, websocket
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a stable machine-readable code and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "invalid_request", message)
+
+
+def not_found(what: str, value: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} {value!r} not found")
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def install_error_handlers(app: Quart) -> None:
+    @app.errorhandler(ApiError)
+    async def _api_error(error: ApiError) -> Response:
+        return error_response(error.status, error.code, error.message, error.headers)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "_")
+        return error_response(error.code or 500, code, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        if has_request_context():
+            where = f"{request.method} {request.path}"
+        else:
+            where = f"websocket {websocket.path}"
+        logger.error("unhandled error on %s", where, exc_info=error)
+        return error_response(500, "internal_error", "internal server error; the server log has the details")

@@ -1,0 +1,35 @@
+"""The application factory. Building the app starts nothing; ``before_serving`` does."""
+
+from __future__ import annotations
+
+from quart import Quart
+
+from .config import Settings, settings_from
+from .errors import install_error_handlers
+from .routes import api
+from .runtime import Runtime
+from .streams import streams
+
+
+def create_app(settings: Settings | None = None) -> Quart:
+    """Build the Quart app; without ``settings`` it reads ``OFFLOAD_*`` variables when serving starts."""
+    app = Quart("offload")
+    # Uploads enforce their own limit while streaming; JSON bodies are capped in read_json.
+    app.config["MAX_CONTENT_LENGTH"] = None
+    install_error_handlers(app)
+    app.register_blueprint(api)
+    app.register_blueprint(streams)
+
+    @app.before_serving
+    async def start_runtime() -> None:
+        runtime = Runtime(settings or settings_from())
+        app.extensions["offload"] = runtime
+        await runtime.start()
+
+    @app.after_serving
+    async def stop_runtime() -> None:
+        runtime = app.extensions.get("offload")
+        if runtime is not None:
+            await runtime.stop()
+
+    return app

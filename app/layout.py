@@ -1,0 +1,38 @@
+"""Where files live under the data directory. Every path component is a generated id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class DataLayout:
+    """``ROOT/sessions/SID/files/FID`` for uploads and ``ROOT/sessions/SID/jobs/JID/`` for job outputs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "offload.lock"
+
+    def session_dir(self, session_id: str) -> Path:
+        return self.root / "sessions" / session_id
+
+    def files_dir(self, session_id: str) -> Path:
+        return self.session_dir(session_id) / "files"
+
+    def file_path(self, session_id: str, file_id: str) -> Path:
+        return self.files_dir(session_id) / file_id
+
+    def job_dir(self, session_id: str, job_id: str) -> Path:
+        return self.session_dir(session_id) / "jobs" / job_id
+
+
+def list_outputs(directory: Path) -> list[dict[str, Any]]:
+    """Describe the finished output files of a job; blocking, so call it off the event loop."""
+    if not directory.is_dir():
+        return []
+    return [{"name": path.name, "size": path.stat().st_size}
+            for path in sorted(directory.iterdir())
+            if path.is_file() and not path.name.endswith(".part")]

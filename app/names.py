@@ -1,0 +1,50 @@
+"""User file names: cleaned for display, and encoded for ``Content-Disposition``.
+
+The user's name is only metadata. Stored files are named by generated ids, so no name sent by a
+client ever becomes a path on the server.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from urllib.parse import quote
+
+MAX_NAME_BYTES = 255
+DEFAULT_NAME = "upload"
+
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+
+
+def clean_name(name: str) -> str:
+    """Return the base name of ``name`` in NFC, without control characters, at most 255 UTF-8 bytes.
+
+    ``../x``, ``..\\x``, ``/etc/x`` and ``C:\\x`` all become ``x``; an empty result becomes ``upload``.
+    """
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(char for char in name if unicodedata.category(char) != "Cc")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = _DRIVE_RE.sub("", name).strip()
+    if name in ("", ".", ".."):
+        return DEFAULT_NAME
+    return _truncate(name, MAX_NAME_BYTES)
+
+
+def _truncate(name: str, limit: int) -> str:
+    if len(name.encode()) <= limit:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or len(suffix.encode()) > 16:
+        stem, suffix = name, ""
+    suffix = dot + suffix if stem else ""
+    room = limit - len(suffix.encode())
+    stem = stem.encode()[:room].decode(errors="ignore")
+    return stem + suffix
+
+
+def content_disposition(name: str) -> str:
+    """Build an ``attachment`` header value with an ASCII ``filename`` and a UTF-8 ``filename*`` (RFC 6266)."""
+    # Accents decompose and drop ("é" -> "e"); other non-ASCII letters become "_".
+    decomposed = "".join(char for char in unicodedata.normalize("NFKD", name) if not unicodedata.combining(char))
+    fallback = re.sub(r'[^\x20-\x7e]|["\\;]', "_", decomposed).strip() or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

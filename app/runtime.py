@@ -1,0 +1,194 @@
+"""``Runtime``: everything the server builds when it starts serving and tears down when it stops.
+
+Nothing here runs at import time. Quart's ``before_serving`` hook calls ``Runtime.start`` and
+``after_serving`` calls ``Runtime.stop``, in the serving process, so spawned workers that re-import
+these modules create no processes, threads or Managers of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import shutil
+import time
+from multiprocessing.managers import SyncManager
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .config import Settings
+from .events import EventHub, EventPump
+from .jobs import JobService
+from .layout import DataLayout
+from .pool import WorkerPool
+from .sessions import SessionStore
+from .workers.registry import JobKind, discover_kinds
+from .workers.runner import init_child
+
+logger = logging.getLogger(__name__)
+
+DAEMONIC_MESSAGE = (
+    "Offload cannot start in a daemonic process, because its worker pool and Manager are child "
+    "processes and daemonic processes may not have children. The hypercorn command runs apps in a "
+    "daemonic process by default. Start Offload with 'python -m app.main' (or 'offload serve'), or "
+    "with 'hypercorn --workers 0 app.main:app', or with a Hypercorn config file that sets "
+    "'daemon = false' and 'workers = 1'."
+)
+# Seconds allowed for the Manager and helper threads to stop.
+TEARDOWN_TIMEOUT_S = 3.0
+
+
+class StartupError(RuntimeError):
+    """Raised when the server cannot start; the message says what to change."""
+
+
+class Runtime:
+    """The pool, the Manager, the store, the event hub and the job service of one serving process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = DataLayout(settings.data_dir)
+        self.kinds: dict[str, JobKind] = {}
+        self.manager: SyncManager | None = None
+        self.store: SessionStore | None = None
+        self.hub = EventHub(settings.event_backlog)
+        self.pool: WorkerPool | None = None
+        self.jobs: JobService | None = None
+        self.stopping = asyncio.Event()
+        self.ready = False
+        self._lock: FileLock | None = None
+        self._pump: EventPump | None = None
+        self._events: Any = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if multiprocessing.current_process().daemon:
+            logger.critical(DAEMONIC_MESSAGE)
+            raise StartupError(DAEMONIC_MESSAGE)
+        started = time.monotonic()
+        await asyncio.to_thread(self._lock_data_dir)
+        try:
+            await self._start_processes()
+        except BaseException:
+            await self._teardown()
+            raise
+        self._sweeper = asyncio.create_task(self._sweep_sessions(), name="offload-session-sweeper")
+        self.ready = True
+        logger.info("ready in %.2f s: %d workers (%s), data directory %s, job kinds %s",
+                    time.monotonic() - started, self.settings.workers, self.settings.start_method,
+                    self.layout.root, ", ".join(self.kinds))
+
+    def _lock_data_dir(self) -> None:
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.layout.lock_path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise StartupError(
+                f"data directory {str(self.layout.root)!r} is in use by another Offload server; stop it, "
+                "or give this one another --data-dir. Several Hypercorn workers cannot share one data "
+                "directory: run one serving process, the worker pool gives the parallelism."
+            ) from None
+        self._lock = lock
+
+    async def _start_processes(self) -> None:
+        self.kinds = discover_kinds(self.settings.extra_kinds)
+        context = multiprocessing.get_context(self.settings.start_method)
+        self.manager = SyncManager(ctx=context)
+        await asyncio.to_thread(self.manager.start, init_child)
+        self.store = await asyncio.to_thread(SessionStore, self.manager)
+        self._events = await asyncio.to_thread(self.manager.Queue)
+        self.store.start()
+
+        loop = asyncio.get_running_loop()
+        self.pool = WorkerPool(self.settings.workers, context, self.settings.extra_kinds,
+                               (self._events, self.store.cancel_flags))
+        self.jobs = JobService(self.store, self.hub, self.pool, self.kinds, self.layout,
+                               self.settings.max_queued_jobs, self.settings.max_queued_jobs_per_session)
+        self._pump = EventPump(self._events, loop, self.jobs.handle_event, self._manager_lost)
+        self._pump.start()
+        await self.pool.start()
+
+    def _manager_lost(self) -> None:
+        self.ready = False
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting work and tell open websockets to close; safe to call more than once."""
+        if self.stopping.is_set():
+            return
+        logger.info("shutting down: no new uploads or jobs; websockets are closing")
+        self.stopping.set()
+        self.ready = False
+        self.hub.close_all()
+        if self.jobs is not None:
+            self.jobs.accepting = False
+            self.jobs.stopping = True
+
+    async def stop(self) -> None:
+        """Interrupt queued jobs, give running ones their grace period, then stop every child process."""
+        self.begin_shutdown()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.jobs is not None:
+            await self.jobs.stop(self.settings.job_grace_s)
+        await self._teardown()
+        logger.info("stopped")
+
+    async def _teardown(self) -> None:
+        if self.pool is not None:
+            await self.pool.stop()
+        if self.jobs is not None:
+            await self.jobs.wait_finished(TEARDOWN_TIMEOUT_S)
+        if self._pump is not None and self._events is not None and self._pump.is_alive():
+            await self._call_blocking(self._events.put, None)
+            await asyncio.to_thread(self._pump.join, TEARDOWN_TIMEOUT_S)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.stop, TEARDOWN_TIMEOUT_S)
+        if self.manager is not None:
+            await self._call_blocking(self.manager.shutdown)
+        if self._lock is not None:
+            self._lock.release()
+
+    async def _call_blocking(self, function: Any, *args: Any) -> None:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(function, *args), TEARDOWN_TIMEOUT_S)
+        except (asyncio.TimeoutError, OSError, EOFError) as error:
+            logger.warning("%s failed during shutdown: %s", getattr(function, "__name__", function), error)
+
+    # Sessions
+
+    def delete_session(self, session_id: str) -> None:
+        """Forget a session at once; cancel its jobs and remove its files in the background."""
+        assert self.store is not None and self.jobs is not None
+        session = self.store.sessions.get(session_id)
+        if session is None:
+            return
+        running = self.jobs.cancel_session(session)
+        self.store.remove_session(session_id)
+        self.hub.drop_session(session_id)
+        task = asyncio.create_task(self._remove_session_files(session_id, running))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _remove_session_files(self, session_id: str, running: list[asyncio.Task[None]]) -> None:
+        # Windows cannot delete a file a job still has open, so let the cancelled jobs end first.
+        if running:
+            await asyncio.wait(running, timeout=self.settings.job_grace_s)
+        directory = self.layout.session_dir(session_id)
+        try:
+            await asyncio.to_thread(shutil.rmtree, directory)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            logger.error("session=%s could not remove %s: %s", session_id, directory, error)
+
+    async def _sweep_sessions(self) -> None:
+        interval = min(60.0, self.settings.session_idle_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            assert self.store is not None
+            for session_id in self.store.expired_sessions(time.time()):
+                logger.info("session=%s expired after %.0f s idle", session_id, self.settings.session_idle_s)
+                self.delete_session(session_id)

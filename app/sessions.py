@@ -1,0 +1,186 @@
+"""``SessionStore``: sessions, files and jobs, kept in Manager dicts that workers can read.
+
+The serving process is the only writer. It keeps a local copy of every record and reads from it,
+because a Manager round trip costs about 30 µs and blocks the calling thread. Writes are queued to
+one thread that applies them to the Manager dicts in order, so the event loop never waits on the
+Manager. A value read from a Manager dict is a copy, so records are always replaced whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.managers import SyncManager
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Sentinel for a key removed from a Manager dict.
+_DELETE = object()
+_STOP = object()
+
+Record = dict[str, Any]
+
+
+def new_id() -> str:
+    """Return an unguessable id: 128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+def _token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass
+class Session:
+    session_id: str
+    token_digest: bytes
+    created_at: float
+    last_seen: float
+    idle_s: float
+    file_ids: list[str] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+
+    @property
+    def expires_at(self) -> float:
+        return self.last_seen + self.idle_s
+
+    def token_matches(self, token: str) -> bool:
+        return hmac.compare_digest(self.token_digest, _token_digest(token))
+
+    def public(self) -> Record:
+        return {"session_id": self.session_id, "created_at": self.created_at, "expires_at": self.expires_at}
+
+
+class SessionStore:
+    """Sessions, files and jobs of the server, mirrored into Manager dicts for worker processes."""
+
+    def __init__(self, manager: SyncManager) -> None:
+        self.sessions: dict[str, Session] = {}
+        self.files: dict[str, Record] = {}
+        self.jobs: dict[str, Record] = {}
+        self.shared_sessions = manager.dict()
+        self.shared_files = manager.dict()
+        self.shared_jobs = manager.dict()
+        # Job id -> True once the job was asked to stop; workers poll it through JobContext.
+        self.cancel_flags = manager.dict()
+        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self.manager_lost = False
+
+    def start(self) -> None:
+        self._writer = threading.Thread(target=self._write_loop, name="offload-store-writer", daemon=True)
+        self._writer.start()
+
+    def stop(self, timeout: float) -> None:
+        """Apply the queued writes, then stop the writer thread; blocks, so call it off the event loop."""
+        self._writes.put(_STOP)
+        if self._writer is not None:
+            self._writer.join(timeout)
+
+    # Sessions
+
+    def create_session(self, idle_s: float) -> tuple[Session, str]:
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        session = Session(new_id(), _token_digest(token), now, now, idle_s)
+        self.sessions[session.session_id] = session
+        self._queue_write(self.shared_sessions, session.session_id, session.public())
+        return session, token
+
+    def touch(self, session: Session) -> None:
+        session.last_seen = time.time()
+
+    def remove_session(self, session_id: str) -> Session | None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return None
+        for file_id in session.file_ids:
+            self.files.pop(file_id, None)
+            self._queue_write(self.shared_files, file_id, _DELETE)
+        for job_id in session.job_ids:
+            self.jobs.pop(job_id, None)
+            self._queue_write(self.shared_jobs, job_id, _DELETE)
+            self._queue_write(self.cancel_flags, job_id, _DELETE)
+        self._queue_write(self.shared_sessions, session_id, _DELETE)
+        return session
+
+    def expired_sessions(self, now: float) -> list[str]:
+        return [sid for sid, session in self.sessions.items() if session.expires_at <= now]
+
+    # Files
+
+    def add_file(self, session: Session, record: Record) -> None:
+        self.files[record["file_id"]] = record
+        session.file_ids.append(record["file_id"])
+        self._queue_write(self.shared_files, record["file_id"], record)
+
+    def remove_file(self, session: Session, file_id: str) -> None:
+        self.files.pop(file_id, None)
+        session.file_ids.remove(file_id)
+        self._queue_write(self.shared_files, file_id, _DELETE)
+
+    def session_files(self, session: Session) -> Iterator[Record]:
+        return (self.files[file_id] for file_id in session.file_ids)
+
+    # Jobs
+
+    def put_job(self, record: Record) -> None:
+        """Store a new or changed job record; the caller passes a whole new dict, never a mutated one."""
+        job_id = record["job_id"]
+        if job_id not in self.jobs:
+            self.sessions[record["session_id"]].job_ids.append(job_id)
+        self.jobs[job_id] = record
+        self._queue_write(self.shared_jobs, job_id, record)
+
+    def request_cancel(self, job_id: str) -> None:
+        self._queue_write(self.cancel_flags, job_id, True)
+
+    def session_jobs(self, session: Session) -> Iterator[Record]:
+        return (self.jobs[job_id] for job_id in session.job_ids)
+
+    # Writer thread
+
+    def _queue_write(self, target: Any, key: str, value: Any) -> None:
+        self._writes.put((target, key, value))
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = [self._writes.get()]
+            while True:
+                try:
+                    batch.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            self._apply([item for item in batch if item is not _STOP])
+            if stop:
+                return
+
+    def _apply(self, batch: list[tuple[Any, str, Any]]) -> None:
+        if self.manager_lost or not batch:
+            return
+
+        # The last write to a key wins, so a burst of updates costs one round trip per dict.
+        latest: dict[int, tuple[Any, dict[str, Any]]] = {}
+        for target, key, value in batch:
+            latest.setdefault(id(target), (target, {}))[1][key] = value
+        try:
+            for target, changes in latest.values():
+                updates = {key: value for key, value in changes.items() if value is not _DELETE}
+                if updates:
+                    target.update(updates)
+                for key, value in changes.items():
+                    if value is _DELETE:
+                        target.pop(key, None)
+        except (OSError, EOFError) as error:
+            self.manager_lost = True
+            logger.error("manager process lost (%s: %s); shared state is no longer updated",
+                         type(error).__name__, error)

@@ -1,0 +1,110 @@
+"""The ``JobContext`` a job receives in its worker process: progress, cancellation, logs, output directory."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# A job may call progress() on every chunk; at most one event per interval is sent, plus one per
+# tenth of the total, so a short job still shows steps and a long one sends a steady trickle.
+PROGRESS_INTERVAL_S = 0.05
+PROGRESS_STEP = 0.1
+# Reading the cancel flag is a Manager round trip (about 30 µs), so it is read at most this often.
+CANCEL_POLL_INTERVAL_S = 0.05
+
+
+class JobCancelled(Exception):
+    """Raised by ``JobContext.check_cancelled`` once the job was asked to stop."""
+
+
+class JobContext:
+    """What a running job may use: progress reports, the cancel flag, logs and its output directory.
+
+    ``events`` is a Manager queue proxy and ``cancel_flags`` a Manager dict proxy; both pickle under spawn.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        session_id: str,
+        output_dir: Path,
+        events: queue.Queue[dict[str, Any]] | None,
+        cancel_flags: MutableMapping[str, bool] | None,
+    ) -> None:
+        self.job_id = job_id
+        self.session_id = session_id
+        self.output_dir = output_dir
+        self._events = events
+        self._cancel_flags = cancel_flags
+        self._last_sent_at = float("-inf")
+        self._last_sent: tuple[int, int | None, str, str] | None = None
+        self._cancel_checked_at = float("-inf")
+        self._cancelled = False
+
+    def progress(self, done: int, total: int | None = None, unit: str = "bytes", message: str = "") -> None:
+        """Report progress; cheap to call on every chunk because reports are throttled."""
+        current = (done, total, unit, message)
+        if current == self._last_sent:
+            return
+
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        stepped = False
+        if total and self._last_sent is not None:
+            stepped = (done - self._last_sent[0]) / total >= PROGRESS_STEP
+        if not (finished or stepped or now - self._last_sent_at >= PROGRESS_INTERVAL_S):
+            return
+
+        self._last_sent_at = now
+        self._last_sent = current
+        self._send({"type": "progress",
+                    "progress": {"done": done, "total": total, "unit": unit, "message": message}})
+
+    def cancelled(self) -> bool:
+        """Return whether the job was asked to stop, reading the shared flag at most every 50 ms."""
+        if self._cancelled or self._cancel_flags is None:
+            return self._cancelled
+
+        now = time.monotonic()
+        if now - self._cancel_checked_at >= CANCEL_POLL_INTERVAL_S:
+            self._cancel_checked_at = now
+            try:
+                self._cancelled = bool(self._cancel_flags.get(self.job_id, False))
+            except (OSError, EOFError):
+                # The Manager is gone, so nobody can ask this job to stop any more.
+                self._cancel_flags = None
+        return self._cancelled
+
+    def check_cancelled(self) -> None:
+        """Raise ``JobCancelled`` if the job was asked to stop; call it between chunks."""
+        if self.cancelled():
+            raise JobCancelled(self.job_id)
+
+    def log(self, message: str, level: str = "info") -> None:
+        """Send a log line to the job's event stream and to the worker's own log."""
+        logger.log(logging.getLevelName(level.upper()), "session=%s job=%s %s",
+                   self.session_id, self.job_id, message)
+        self._send({"type": "log", "level": level, "message": message})
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        """Send a raw event; used by the runner for lifecycle markers."""
+        self._send(event)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        if self._events is None:
+            return
+
+        event["job_id"] = self.job_id
+        event["session_id"] = self.session_id
+        event["sent_at"] = time.time()
+        try:
+            self._events.put(event)
+        except (OSError, EOFError):
+            # Progress is best effort: without the Manager the job still runs to its result.
+            self._events = None

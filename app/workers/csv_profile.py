@@ -1,0 +1,310 @@
+"""The ``csv-profile`` job kind: encoding and dialect detection, then statistics per column."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import math
+import os
+import re
+from collections import Counter
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .context import JobContext
+from .registry import JobKind
+
+SAMPLE_BYTES = 64 * 1024
+# Rows between progress reports and cancellation checks.
+ROWS_PER_CHECK = 256
+OUTPUT_NAME = "profile.json"
+
+DELIMITERS = (",", ";", "\t", "|")
+TYPE_ORDER = ("boolean", "integer", "float", "date", "datetime")
+BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no"})
+
+# Integers and decimals with a leading zero ("00501", "007.5") are codes, not numbers.
+INTEGER_RE = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
+FLOAT_RE = re.compile(r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DATETIME_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?"
+)
+
+
+class CsvProfileParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    header: bool = Field(default=True, description="whether the first row holds the column names")
+    top: int = Field(default=5, ge=0, le=100, description="most frequent values reported per column")
+    max_distinct: int = Field(
+        default=100_000, ge=1, le=10_000_000,
+        description="distinct values counted exactly per column; past it, distinct and top are lower bounds",
+    )
+    encoding: str | None = Field(default=None, description="text encoding; detected when omitted")
+    delimiter: str | None = Field(
+        default=None, min_length=1, max_length=1, description="field delimiter; detected when omitted"
+    )
+
+
+class ColumnStats:
+    """Running statistics of one column, updated one cell at a time."""
+
+    def __init__(self, name: str, max_distinct: int) -> None:
+        self.name = name
+        self.max_distinct = max_distinct
+        self.nulls = 0
+        self.values = 0
+        self.counts: Counter[str] = Counter()
+        self.distinct_exact = True
+        self.candidates = set(TYPE_ORDER)
+        self.number_count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.number_min: float | None = None
+        self.number_max: float | None = None
+        self.integer_min: int | None = None
+        self.integer_max: int | None = None
+        self.temporal_min: tuple[Any, str] | None = None
+        self.temporal_max: tuple[Any, str] | None = None
+
+    def add(self, cell: str) -> None:
+        value = cell.strip()
+        if not value:
+            self.nulls += 1
+            return
+
+        self.values += 1
+        if value in self.counts or len(self.counts) < self.max_distinct:
+            self.counts[value] += 1
+        else:
+            self.distinct_exact = False
+        if self.candidates:
+            self._narrow(value)
+
+    def _narrow(self, value: str) -> None:
+        candidates = self.candidates
+        if "boolean" in candidates and value.lower() not in BOOLEAN_WORDS:
+            candidates.discard("boolean")
+        if "integer" in candidates:
+            if INTEGER_RE.fullmatch(value):
+                number = int(value)
+                self.integer_min = number if self.integer_min is None else min(self.integer_min, number)
+                self.integer_max = number if self.integer_max is None else max(self.integer_max, number)
+            else:
+                candidates.discard("integer")
+        if "float" in candidates:
+            if FLOAT_RE.fullmatch(value):
+                self._add_number(float(value))
+            else:
+                candidates.discard("float")
+        if "date" in candidates:
+            self._add_temporal("date", value, DATE_RE, date.fromisoformat)
+        if "datetime" in candidates:
+            self._add_temporal("datetime", value, DATETIME_RE, datetime.fromisoformat)
+
+    def _add_number(self, number: float) -> None:
+        # Welford's online algorithm keeps the variance stable over millions of rows.
+        self.number_count += 1
+        delta = number - self.mean
+        self.mean += delta / self.number_count
+        self.m2 += delta * (number - self.mean)
+        self.number_min = number if self.number_min is None else min(self.number_min, number)
+        self.number_max = number if self.number_max is None else max(self.number_max, number)
+
+    def _add_temporal(self, kind: str, value: str, pattern: re.Pattern[str], parse: Any) -> None:
+        if not pattern.fullmatch(value):
+            self.candidates.discard(kind)
+            return
+        try:
+            parsed = parse(value)
+            if self.temporal_min is None or parsed < self.temporal_min[0]:
+                self.temporal_min = (parsed, value)
+            if self.temporal_max is None or parsed > self.temporal_max[0]:
+                self.temporal_max = (parsed, value)
+        except (ValueError, TypeError):
+            # An impossible date, or naive and aware datetimes mixed in one column.
+            self.candidates.discard(kind)
+
+    def column_type(self) -> str:
+        if self.values == 0:
+            return "string"
+        return next((name for name in TYPE_ORDER if name in self.candidates), "string")
+
+    def report(self, top: int) -> dict[str, Any]:
+        column_type = self.column_type()
+        minimum: Any = None
+        maximum: Any = None
+        mean: float | None = None
+        stddev: float | None = None
+        if column_type == "integer":
+            minimum, maximum = self.integer_min, self.integer_max
+        elif column_type == "float":
+            minimum, maximum = self.number_min, self.number_max
+        elif column_type in ("date", "datetime") and self.temporal_min and self.temporal_max:
+            minimum, maximum = self.temporal_min[1], self.temporal_max[1]
+        if column_type in ("integer", "float"):
+            mean = self.mean
+            # Sample standard deviation (n - 1), as pandas and R report it.
+            stddev = math.sqrt(self.m2 / (self.number_count - 1)) if self.number_count > 1 else None
+
+        return {
+            "name": self.name,
+            "type": column_type,
+            "nulls": self.nulls,
+            "distinct": len(self.counts),
+            "distinct_exact": self.distinct_exact,
+            "min": minimum,
+            "max": maximum,
+            "mean": mean,
+            "stddev": stddev,
+            "top": [{"value": value, "count": count} for value, count in self.counts.most_common(top)],
+        }
+
+
+def detect_encoding(sample: bytes, at_end: bool) -> str:
+    """Name the encoding of a file from its first bytes: a byte-order mark, else UTF-8, else legacy."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        sample.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as error:
+        # The sample may end inside a multi-byte character.
+        if not at_end and error.start >= len(sample) - 3 and error.reason == "unexpected end of data":
+            return "utf-8"
+    return legacy_encoding(sample)
+
+
+def legacy_encoding(data: bytes) -> str:
+    """Choose cp1252 when bytes 0x80-0x9F occur (printable there, control codes in Latin-1), else Latin-1."""
+    if re.search(rb"[\x80-\x9f]", data):
+        try:
+            data.decode("cp1252")
+            return "cp1252"
+        except UnicodeDecodeError:
+            pass
+    return "latin-1"
+
+
+def detect_delimiter(text: str) -> str:
+    """Pick the candidate delimiter that splits the sample's rows into the most consistent widths."""
+    best = ","
+    best_score = (0.0, 0)
+    for delimiter in DELIMITERS:
+        widths = [len(row) for row in csv.reader(io.StringIO(text), delimiter=delimiter) if row]
+        if not widths:
+            continue
+        width, count = Counter(widths).most_common(1)[0]
+        if width < 2:
+            continue
+        score = (count / len(widths), width)
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+def profile_csv(context: JobContext, inputs: list[Path], params: CsvProfileParams) -> dict[str, Any]:
+    path = inputs[0]
+    with path.open("rb") as file:
+        sample = file.read(SAMPLE_BYTES)
+        at_end = not file.read(1)
+
+    encoding = params.encoding or detect_encoding(sample, at_end)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r}: use a Python codec name such as utf-8 or cp1252") from None
+
+    try:
+        report = _profile_with(context, path, encoding, params, sample)
+    except UnicodeDecodeError as error:
+        if params.encoding is not None:
+            raise ValueError(f"file is not valid {encoding!r} at byte {error.start}: {error.reason}") from None
+        # The sample was valid UTF-8 but a later part of the file is not.
+        encoding = _legacy_encoding_of_file(path)
+        context.log(f"not UTF-8 past the first {SAMPLE_BYTES} bytes; profiling again as {encoding}", "warning")
+        report = _profile_with(context, path, encoding, params, sample)
+
+    _write_json(context.output_dir / OUTPUT_NAME, report)
+    return report
+
+
+def _profile_with(context: JobContext, path: Path, encoding: str, params: CsvProfileParams,
+                  sample: bytes) -> dict[str, Any]:
+    delimiter = params.delimiter or detect_delimiter(_sample_text(sample, encoding))
+    total = path.stat().st_size
+    columns: list[ColumnStats] = []
+    rows = 0
+    ragged_rows = 0
+
+    with path.open("rb") as raw, io.TextIOWrapper(raw, encoding=encoding, newline="") as text:
+        reader = csv.reader(text, delimiter=delimiter)
+        if params.header:
+            names = next(reader, [])
+            columns = [ColumnStats(name or f"column_{index + 1}", params.max_distinct)
+                       for index, name in enumerate(names)]
+
+        for row in reader:
+            if not row:
+                continue
+            rows += 1
+            if len(row) != len(columns):
+                if columns:
+                    ragged_rows += 1
+                while len(columns) < len(row):
+                    columns.append(ColumnStats(f"column_{len(columns) + 1}", params.max_distinct))
+                for column in columns[len(row):]:
+                    column.nulls += 1
+            for column, cell in zip(columns, row):
+                column.add(cell)
+            if rows % ROWS_PER_CHECK == 0:
+                context.progress(raw.tell(), total, "bytes", f"{rows} rows")
+                context.check_cancelled()
+
+    context.progress(total, total, "bytes", f"{rows} rows")
+    return {
+        "rows": rows,
+        "encoding": encoding,
+        "delimiter": delimiter,
+        "ragged_rows": ragged_rows,
+        "columns": [column.report(params.top) for column in columns],
+    }
+
+
+def _sample_text(sample: bytes, encoding: str) -> str:
+    text = sample.decode(encoding, errors="ignore")
+    # Drop the last line, which the sample may cut in half.
+    cut = text.rfind("\n")
+    return text[:cut] if cut > 0 else text
+
+
+def _legacy_encoding_of_file(path: Path) -> str:
+    with path.open("rb") as file:
+        while chunk := file.read(1024 * 1024):
+            if legacy_encoding(chunk) == "cp1252":
+                return "cp1252"
+    return "latin-1"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    partial = path.with_name(path.name + ".part")
+    with partial.open("w", encoding="utf-8") as file:
+        json.dump(data, file, ensure_ascii=False, indent=2)
+    os.replace(partial, path)
+
+
+KIND = JobKind(
+    name="csv-profile",
+    function=profile_csv,
+    params=CsvProfileParams,
+    description="Detect a CSV file's encoding and delimiter, then report type, nulls, range, mean, "
+    "standard deviation and frequent values per column.",
+)

@@ -1,0 +1,98 @@
+"""Entry points that run inside pool worker processes.
+
+Only module-level functions and plain data cross the process boundary, so every function here
+takes ids, paths, dicts and Manager proxies.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import signal
+import threading
+import traceback
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+from .context import JobCancelled, JobContext
+from .registry import builtin_modules, load_kind
+
+# Manager proxies handed to each worker once, at start-up. Unpickling a proxy opens a connection
+# to the Manager and registers a reference there, which is too slow to repeat for every job.
+_events: queue.Queue[dict[str, Any]] | None = None
+_cancel_flags: MutableMapping[str, bool] | None = None
+
+
+def init_child() -> None:
+    """Prepare a worker or the Manager: the server, not the terminal, decides when children stop.
+
+    A terminal Ctrl+C, Windows' CTRL_BREAK_EVENT, and a service manager's SIGTERM may reach every
+    process in the group at once. In a worker, the ``KeyboardInterrupt`` would travel back to the
+    server as the job's exception; in the Manager, it would end the Manager before the server's
+    graceful shutdown ran. So children ignore them, and exit when the server process is gone.
+    """
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), name="offload-parent-watch",
+                         daemon=True).start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    # The server died without stopping this process, for example from SIGKILL.
+    os._exit(1)
+
+
+def init_worker(events: queue.Queue[dict[str, Any]] | None,
+                cancel_flags: MutableMapping[str, bool] | None) -> None:
+    """Pool initializer: run ``init_child`` and keep the Manager proxies for every job of this worker."""
+    global _events, _cancel_flags
+    init_child()
+    _events = events
+    _cancel_flags = cancel_flags
+
+def warm_up(extra_modules: list[str]) -> int:
+    """Import every job kind module so the first real job pays no import cost; return the pid."""
+    for module_name in [*builtin_modules(), *extra_modules]:
+        load_kind(module_name)
+    return os.getpid()
+
+def run_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one job and return its outcome: ``{"status": ..., "result" | "error": ...}``.
+
+    ``spec`` holds ``job_id``, ``session_id``, ``module``, ``params``, ``inputs`` (paths) and
+    ``output_dir``. The last event sent is ``{"type": "end"}``, so the server knows every progress
+    event of this job has arrived before it publishes the final state.
+    """
+    output_dir = Path(spec["output_dir"])
+    context = JobContext(spec["job_id"], spec["session_id"], output_dir, _events, _cancel_flags)
+    context.send_event({"type": "started", "pid": os.getpid()})
+    try:
+        return _execute(context, spec)
+    finally:
+        context.send_event({"type": "end"})
+
+def _execute(context: JobContext, spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        if context.cancelled():
+            return {"status": "cancelled"}
+        kind = load_kind(spec["module"])
+        params = kind.params.model_validate(spec["params"])
+        context.output_dir.mkdir(parents=True, exist_ok=True)
+        inputs = [Path(path) for path in spec["inputs"]]
+        result = kind.function(context, inputs, params)
+    except JobCancelled:
+        return {"status": "cancelled"}
+    except Exception as error:
+        return {
+            "status": "failed",
+            "error": {"type": type(error).__name__, "message": str(error)},
+            "traceback": traceback.format_exc(),
+        }
+    return {"status": "succeeded", "result": result}
