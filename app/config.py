@@ -159,7 +159,8 @@ def _convert(spec: dataclasses.Field[Any], text: str) -> Any:
     try:
         return target(text)
     except ValueError:
-        raise SettingsError(f"invalid {spec.name} {text!r}: expected a {target.__name__}") from None
+        expected = "a whole number" if target is int else "a number"
+        raise SettingsError(f"invalid {spec.name} {text!r}: expected {expected}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,8 +25,8 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "invalid_request", message)
 
 
-def not_found(what: str, value: str) -> ApiError:
-    return ApiError(404, "not_found", f"{what} {value!r} not found")
+def not_found(resource: str, value: str) -> ApiError:
+    return ApiError(404, "not_found", f"{resource} {value!r} not found")
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:

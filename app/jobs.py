@@ -247,6 +247,7 @@ class JobService:
             "job_id": job_id,
             "session_id": record["session_id"],
             "module": self._kinds[record["kind"]].module,
+            "kind": record["kind"],
             "params": record["params"],
             "inputs": [str(self._layout.file_path(record["session_id"], file_id)) for file_id in record["inputs"]],
             "output_dir": str(self._layout.job_dir(record["session_id"], job_id)),

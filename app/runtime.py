@@ -40,7 +40,7 @@ TEARDOWN_TIMEOUT_S = 3.0
 
 
 class StartupError(RuntimeError):
-    """Raised when the server cannot start; the message says what to change."""
+    """Raised when the server cannot start; the message names what to change."""
 
 
 class Runtime:

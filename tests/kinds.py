@@ -33,5 +33,22 @@ def spin(context: JobContext, inputs: list[Path], params: SpinParams) -> dict[st
     return {"seconds": params.seconds, "steps": steps}
 
 
-KIND = JobKind(name="spin", function=spin, params=SpinParams,
+SPIN = JobKind(name="spin", function=spin, params=SpinParams,
                description="Busy-loop for a number of seconds (tests only).", min_inputs=0, max_inputs=None)
+
+
+class FailParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = "broken on purpose"
+
+
+def fail(context: JobContext, inputs: list[Path], params: FailParams) -> None:
+    context.log("about to fail")
+    raise ValueError(params.message)
+
+
+FAIL = JobKind(name="fail", function=fail, params=FailParams,
+               description="Raise ValueError (tests only).", min_inputs=0, max_inputs=None)
+
+KINDS = [SPIN, FAIL]

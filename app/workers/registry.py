@@ -1,4 +1,7 @@
-"""The registry of job kinds: each module in this package that defines ``KIND`` adds one."""
+"""The registry of job kinds: each module in this package that defines ``KIND`` adds one.
+
+A module may define several kinds as ``KINDS = [...]`` instead.
+"""
 
 from __future__ import annotations
 
@@ -44,19 +47,31 @@ class JobKind:
         }
 
 
-def load_kind(module_name: str) -> JobKind:
-    """Import ``module_name`` and return its ``KIND``; workers call this to find a job's function."""
+def load_kinds(module_name: str) -> list[JobKind]:
+    """Import ``module_name`` and return the kinds it defines as ``KIND`` or ``KINDS``."""
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise KindError(f"cannot import job kind module {module_name!r}: {error}") from error
 
-    kind = getattr(module, "KIND", None)
-    if not isinstance(kind, JobKind):
-        raise KindError(f"module {module_name!r} defines no KIND = JobKind(...)")
-    if kind.function.__module__ != module_name:
-        raise KindError(f"KIND.function of {module_name!r} must be defined in that module, so spawn can import it")
-    return kind
+    kinds = list(getattr(module, "KINDS", []))
+    if hasattr(module, "KIND"):
+        kinds.append(module.KIND)
+    if not kinds or not all(isinstance(kind, JobKind) for kind in kinds):
+        raise KindError(f"module {module_name!r} defines no KIND = JobKind(...) or KINDS = [JobKind(...), ...]")
+    for kind in kinds:
+        if kind.function.__module__ != module_name:
+            raise KindError(f"job kind {kind.name!r}: its function must be defined in {module_name!r} itself, "
+                            "so that spawned workers can import it")
+    return kinds
+
+
+def find_kind(module_name: str, name: str) -> JobKind:
+    """Return the kind called ``name`` from ``module_name``; workers call this to find a job's function."""
+    for kind in load_kinds(module_name):
+        if kind.name == name:
+            return kind
+    raise KindError(f"module {module_name!r} defines no job kind {name!r}")
 
 
 def builtin_modules() -> list[str]:
@@ -70,9 +85,9 @@ def discover_kinds(extra_modules: Iterable[str] = ()) -> dict[str, JobKind]:
     """Import the built-in kind modules and ``extra_modules``; return the kinds by name."""
     kinds: dict[str, JobKind] = {}
     for module_name in [*builtin_modules(), *extra_modules]:
-        kind = load_kind(module_name)
-        if kind.name in kinds:
-            raise KindError(f"job kind {kind.name!r} is defined twice, in {kinds[kind.name].module} "
-                            f"and {module_name}")
-        kinds[kind.name] = kind
+        for kind in load_kinds(module_name):
+            if kind.name in kinds:
+                raise KindError(f"job kind {kind.name!r} is defined twice, in {kinds[kind.name].module} "
+                                f"and {module_name}")
+            kinds[kind.name] = kind
     return dict(sorted(kinds.items()))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import JobCancelled, JobContext
-from .registry import builtin_modules, load_kind
+from .registry import builtin_modules, find_kind, load_kinds
 
 # Manager proxies handed to each worker once, at start-up. Unpickling a proxy opens a connection
 # to the Manager and registers a reference there, which is too slow to repeat for every job.
@@ -31,7 +31,7 @@ def init_child() -> None:
 
     A terminal Ctrl+C, Windows' CTRL_BREAK_EVENT, and a service manager's SIGTERM may reach every
     process in the group at once. In a worker, the ``KeyboardInterrupt`` would travel back to the
-    server as the job's exception; in the Manager, it would end the Manager before the server's
+    server as the job's exception. In the Manager, it would end the Manager before the server's
     graceful shutdown ran. So children ignore them, and exit when the server process is gone.
     """
     for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
@@ -60,13 +60,13 @@ def init_worker(events: queue.Queue[dict[str, Any]] | None,
 def warm_up(extra_modules: list[str]) -> int:
     """Import every job kind module so the first real job pays no import cost; return the pid."""
     for module_name in [*builtin_modules(), *extra_modules]:
-        load_kind(module_name)
+        load_kinds(module_name)
     return os.getpid()
 
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one job and return its outcome: ``{"status": ..., "result" | "error": ...}``.
 
-    ``spec`` holds ``job_id``, ``session_id``, ``module``, ``params``, ``inputs`` (paths) and
+    ``spec`` contains ``job_id``, ``session_id``, ``module``, ``kind``, ``params``, ``inputs`` (paths) and
     ``output_dir``. The last event sent is ``{"type": "end"}``, so the server knows every progress
     event of this job has arrived before it publishes the final state.
     """
@@ -82,7 +82,7 @@ def _execute(context: JobContext, spec: dict[str, Any]) -> dict[str, Any]:
     try:
         if context.cancelled():
             return {"status": "cancelled"}
-        kind = load_kind(spec["module"])
+        kind = find_kind(spec["module"], spec["kind"])
         params = kind.params.model_validate(spec["params"])
         context.output_dir.mkdir(parents=True, exist_ok=True)
         inputs = [Path(path) for path in spec["inputs"]]

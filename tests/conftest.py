@@ -1,0 +1,200 @@
+"""Fixtures that start real Offload servers as subprocesses on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running ``python -m app.main`` process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+    children: list[psutil.Process] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def child_processes(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def stop(self) -> int:
+        """Ask the server to shut down as a service manager would, and return its exit code."""
+        if self.process.poll() is None:
+            if sys.platform == "win32":
+                self.process.send_signal(signal.CTRL_BREAK_EVENT)
+            else:
+                self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"server did not exit within {STOP_TIMEOUT_S} s\n{self.log()}") from None
+
+
+def start_server(tmp_path: Path, *args: str, wait: bool = True) -> Server:
+    port = free_port()
+    data_dir = tmp_path / f"data-{port}"
+    log_path = tmp_path / f"server-{port}.log"
+    command = [sys.executable, "-m", "app.main", "--host", "127.0.0.1", "--port", str(port),
+               "--data-dir", str(data_dir), "--workers", "2", "--extra-kinds", "tests.kinds", *args]
+    # A new process group lets tests send group-wide signals, as a terminal's Ctrl+C does.
+    extra: dict[str, Any] = {}
+    if sys.platform == "win32":
+        extra["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+    else:
+        extra["start_new_session"] = True
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, **extra)
+    server = Server(process, port, data_dir, log_path)
+    if wait:
+        wait_ready(server)
+        server.children = server.child_processes()
+    return server
+
+
+def wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"server exited with {server.process.returncode}\n{server.log()}")
+        try:
+            if httpx.get(server.url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.process.kill()
+    raise AssertionError(f"server not ready within {STARTUP_TIMEOUT_S} s\n{server.log()}")
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    result = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                result.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return result
+
+
+def wait_gone(processes: list[psutil.Process], timeout: float = 5.0) -> list[psutil.Process]:
+    """Wait for processes to exit; return those still alive after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while alive(processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive(processes)
+
+
+@pytest.fixture(name="server_factory")
+def _server_factory(tmp_path: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def factory(*args: str, wait: bool = True) -> Server:
+        server = start_server(tmp_path, *args, wait=wait)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        if server.process.poll() is None:
+            server.stop()
+
+
+@pytest.fixture(name="server", scope="module")
+def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("server"))
+    yield server
+    server.stop()
+
+
+class Api:
+    """An HTTP client bound to one session of a server."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.client = httpx.Client(base_url=server.url, timeout=30)
+        created = self.client.post("/api/sessions")
+        assert created.status_code == 201, created.text
+        body = created.json()
+        self.session_id: str = body["session_id"]
+        self.token: str = body["token"]
+        self.client.headers["Authorization"] = f"Bearer {self.token}"
+
+    @property
+    def prefix(self) -> str:
+        return f"/api/sessions/{self.session_id}"
+
+    def ws_url(self, path: str = "/ws", **query: Any) -> str:
+        params = "&".join(f"{key}={value}" for key, value in {"token": self.token, **query}.items())
+        return f"{self.server.ws_url}{self.prefix}{path}?{params}"
+
+    def upload(self, path: Path, name: str | None = None) -> dict[str, Any]:
+        response = self.client.put(f"{self.prefix}/files/{name or path.name}", content=path.read_bytes())
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def start(self, kind: str, inputs: list[str], **params: Any) -> dict[str, Any]:
+        response = self.client.post(f"{self.prefix}/jobs", json={"kind": kind, "inputs": inputs, "params": params})
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.client.get(f"{self.prefix}/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_job(self, job_id: str, timeout: float = 30.0,
+                 states: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "timed_out",
+                                                     "interrupted"})) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.job(job_id)
+            if record["state"] in states:
+                return record
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} not in {sorted(states)} within {timeout} s: {self.job(job_id)}")
+
+
+@pytest.fixture(name="api")
+def _api(server: Server) -> Iterator[Api]:
+    api = Api(server)
+    yield api
+    api.client.close()

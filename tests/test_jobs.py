@@ -1,0 +1,121 @@
+"""Job lifecycle: failures, cancellation, queue limits and websocket clients that leave."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import websockets
+
+from .conftest import Api, Server
+
+
+def test_raising_job_fails_with_type_and_message(api: Api, server: Server) -> None:
+    job = api.start("fail", [], message="no such column 'price'")
+    record = api.wait_job(job["job_id"])
+    assert record["state"] == "failed"
+    assert record["error"] == {"type": "ValueError", "message": "no such column 'price'"}
+    assert record["finished_at"] >= record["started_at"] >= record["created_at"]
+    # The traceback goes to the server log, with the ids.
+    log = server.log()
+    assert f"job={job['job_id']} failed" in log
+    assert "Traceback" in log
+    # The pool keeps serving.
+    assert api.wait_job(api.start("spin", [], seconds=0)["job_id"])["state"] == "succeeded"
+
+
+def test_cancel_queued_job_never_starts(server_factory: object) -> None:
+    server = server_factory("--workers", "1")
+    api = Api(server)
+    running = api.start("spin", [], seconds=30)
+    queued = api.start("spin", [], seconds=0)
+    api.wait_job(running["job_id"], states=frozenset({"running"}))
+
+    response = api.client.post(f"{api.prefix}/jobs/{queued['job_id']}/cancel")
+    assert response.status_code == 202
+    assert response.json()["state"] == "cancelled"
+    record = api.job(queued["job_id"])
+    assert record["state"] == "cancelled"
+    assert record["started_at"] is None
+    assert record["attempts"] == 0
+
+    again = api.client.post(f"{api.prefix}/jobs/{queued['job_id']}/cancel")
+    assert again.status_code == 409
+    assert "cancelled" in again.json()["error"]["message"]
+
+    api.client.post(f"{api.prefix}/jobs/{running['job_id']}/cancel")
+    assert api.wait_job(running["job_id"])["state"] == "cancelled"
+
+
+def test_cancel_running_job_that_checks_flag(api: Api) -> None:
+    job = api.start("spin", [], seconds=60)
+    api.wait_job(job["job_id"], states=frozenset({"running"}))
+    started = time.monotonic()
+    assert api.client.post(f"{api.prefix}/jobs/{job['job_id']}/cancel").status_code == 202
+    record = api.wait_job(job["job_id"], timeout=10)
+    assert record["state"] == "cancelled"
+    assert time.monotonic() - started < 5
+
+
+def test_queue_limit_per_session(server_factory: object) -> None:
+    server = server_factory("--workers", "1", "--max-queued-jobs-per-session", "2")
+    api = Api(server)
+    blocker = api.start("spin", [], seconds=30)
+    api.wait_job(blocker["job_id"], states=frozenset({"running"}))
+    api.start("spin", [], seconds=0)
+    api.start("spin", [], seconds=0)
+
+    response = api.client.post(f"{api.prefix}/jobs", json={"kind": "spin", "inputs": []})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "1"
+    assert "max_queued_jobs_per_session" in response.json()["error"]["message"]
+
+    # Another session still has room, below the server-wide limit.
+    other = Api(server)
+    assert other.client.post(f"{other.prefix}/jobs", json={"kind": "spin", "inputs": []}).status_code == 202
+
+
+def test_queue_limit_total(server_factory: object) -> None:
+    server = server_factory("--workers", "1", "--max-queued-jobs", "1")
+    first, second = Api(server), Api(server)
+    blocker = first.start("spin", [], seconds=30)
+    first.wait_job(blocker["job_id"], states=frozenset({"running"}))
+    first.start("spin", [], seconds=0)
+    response = second.client.post(f"{second.prefix}/jobs", json={"kind": "spin", "inputs": []})
+    assert response.status_code == 429
+    assert "max_queued_jobs" in response.json()["error"]["message"]
+
+
+def subscribers(server: Server) -> int:
+    return httpx.get(server.url + "/readyz").json()["subscribers"]
+
+
+async def test_disconnect_leaves_no_subscriber(server_factory: object) -> None:
+    server = server_factory()
+    api = Api(server)
+    job = api.start("spin", [], seconds=2)
+    for path in ("/ws", f"/jobs/{job['job_id']}/ws"):
+        async with websockets.connect(api.ws_url(path)) as ws:
+            await asyncio.wait_for(ws.recv(), 10)
+            assert subscribers(server) == 1
+    deadline = time.monotonic() + 5
+    while subscribers(server) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert subscribers(server) == 0
+    # The job runs on without anyone watching.
+    assert api.wait_job(job["job_id"])["state"] == "succeeded"
+
+
+async def test_job_log_lines_reach_websocket(api: Api) -> None:
+    async with websockets.connect(api.ws_url()) as ws:
+        await ws.recv()
+        job = api.start("fail", [])
+        events = []
+        while not events or events[-1]["type"] != "state" or events[-1]["state"] == "running" \
+                or events[-1]["state"] == "queued":
+            events.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+    logs = [event for event in events if event["type"] == "log"]
+    assert [(event["job_id"], event["message"]) for event in logs] == [(job["job_id"], "about to fail")]
+    assert events[-1]["state"] == "failed"

@@ -1,0 +1,139 @@
+"""Start-up and shutdown: spawn-safe imports, daemonic launches, signals and leftover processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import pytest
+
+from .conftest import ROOT, Api, alive, free_port, wait_gone
+
+LAUNCH_HINT = "python -m app.main"
+
+
+def test_importing_app_starts_nothing() -> None:
+    """Import every module under app/ in a fresh interpreter; no child, thread or Manager may appear."""
+    script = textwrap.dedent("""
+        import importlib, multiprocessing, pkgutil, threading
+        import psutil
+        import app
+        names = [info.name for info in pkgutil.walk_packages(app.__path__, "app.")]
+        for name in names:
+            importlib.import_module(name)
+        assert "app.main" in names, names
+        assert "app.workers.hashes" in names, names
+        children = psutil.Process().children(recursive=True)
+        assert children == [], children
+        assert multiprocessing.active_children() == [], multiprocessing.active_children()
+        threads = [thread.name for thread in threading.enumerate()]
+        assert threads == ["MainThread"], threads
+        print("imported", len(names))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("imported")
+
+
+def test_daemonic_process_fails_fast(tmp_path: object) -> None:
+    """Run the app's start-up in a daemonic spawned process, as Hypercorn's command line does."""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "tests.daemonic", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=90)
+    assert time.monotonic() - started < 30
+    assert "exitcode 1" in result.stdout, result.stdout + result.stderr
+    assert "daemonic" in result.stderr
+    assert LAUNCH_HINT in result.stderr
+    assert "--workers 0" in result.stderr
+
+
+def test_hypercorn_command_fails_fast(tmp_path: object) -> None:
+    """The plain hypercorn command prints how to launch instead and ends without serving."""
+    port = free_port()
+    env = {**os.environ, "OFFLOAD_DATA_DIR": str(tmp_path)}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "hypercorn", "app.main:app", "--bind", f"127.0.0.1:{port}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=90, env=env)
+    assert time.monotonic() - started < 30
+    assert LAUNCH_HINT in result.stderr
+    # NOTE: Hypercorn 0.18 exits with status 0 here because its run() overwrites the failed worker's
+    # exit code with the result of joining an empty process list (pgjones/hypercorn#269).
+
+
+def test_hypercorn_workers_zero_serves(tmp_path: object) -> None:
+    port = free_port()
+    env = {**os.environ, "OFFLOAD_DATA_DIR": str(tmp_path), "OFFLOAD_WORKERS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "hypercorn", "--workers", "0", "app.main:app",
+                                "--bind", f"127.0.0.1:{port}"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/readyz").status_code
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert status == 200
+    finally:
+        process.send_signal(signal.SIGTERM if sys.platform != "win32" else signal.CTRL_BREAK_EVENT)
+        process.wait(30)
+
+
+def test_second_server_on_same_data_dir_refused(server_factory: object) -> None:
+    first = server_factory()
+    second = server_factory("--data-dir", str(first.data_dir), wait=False)
+    assert second.process.wait(60) == 1
+    assert "in use by another Offload server" in second.log()
+    assert httpx.get(first.url + "/readyz").status_code == 200
+
+
+def test_help_lists_units() -> None:
+    result = subprocess.run([sys.executable, "-m", "app.main", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    for expected in ("--max-upload-bytes", "--job-grace-s", "seconds", "bytes", "OFFLOAD_PORT"):
+        assert expected in result.stdout
+
+
+def test_invalid_flag_names_value() -> None:
+    result = subprocess.run([sys.executable, "-m", "app.main", "--workers", "zero"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "'zero'" in result.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals; Windows uses CTRL_BREAK_EVENT")
+@pytest.mark.parametrize("how", ["SIGINT to the process group", "SIGTERM to the server"])
+def test_signal_with_running_jobs_exits_cleanly(server_factory: object, how: str) -> None:
+    server = server_factory()
+    api = Api(server)
+    jobs = [api.start("spin", [], seconds=60) for _ in range(2)]
+    queued = api.start("spin", [], seconds=60)
+    for job in jobs:
+        api.wait_job(job["job_id"], states=frozenset({"running"}))
+    children = server.child_processes()
+    # The Manager, the resource tracker on POSIX, and two workers.
+    assert len(children) >= 3
+
+    started = time.monotonic()
+    if how.startswith("SIGINT"):
+        os.killpg(server.process.pid, signal.SIGINT)
+    else:
+        server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(10)
+    elapsed = time.monotonic() - started
+
+    assert code == 0, server.log()
+    assert elapsed < 10
+    assert wait_gone(children) == [], [process.cmdline() for process in alive(children)]
+    log = server.log()
+    assert "stopped" in log
+    for job in jobs:
+        assert f"job={job['job_id']} interrupted" in log
+    assert "interrupting 1 queued jobs" in log
