@@ -193,8 +193,7 @@ async def _register_upload(runtime: Runtime, session: Session, record: Record) -
     assert runtime.store is not None
     if session.session_id not in runtime.store.sessions:
         # The session was deleted or expired while the body streamed in.
-        path = runtime.layout.file_path(session.session_id, record["file_id"])
-        path.unlink(missing_ok=True)
+        await runtime.remove_path(runtime.layout.file_path(session.session_id, record["file_id"]))
         raise not_found("session", session.session_id)
     runtime.store.add_file(session, record)
     current_app.logger.info("session=%s file=%s stored: %d bytes", session.session_id, record["file_id"],
@@ -229,8 +228,7 @@ async def delete_file(session_id: str, file_id: str) -> Response:
         if file_id in job["inputs"] and job["state"] not in TERMINAL_STATES:
             raise ApiError(409, "conflict", f"file {file_id!r} is an input of unfinished job {job['job_id']!r}")
     runtime.store.remove_file(session, file_id)
-    path = runtime.layout.file_path(session_id, file_id)
-    await asyncio.to_thread(path.unlink, missing_ok=True)
+    await runtime.remove_path(runtime.layout.file_path(session_id, file_id))
     return Response(status=204)
 
 

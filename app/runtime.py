@@ -13,6 +13,7 @@ import multiprocessing
 import shutil
 import time
 from multiprocessing.managers import SyncManager
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -62,6 +63,7 @@ class Runtime:
         self._events: Any = None
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._pending_removals: set[Path] = set()
 
     async def start(self) -> None:
         if multiprocessing.current_process().daemon:
@@ -176,19 +178,33 @@ class Runtime:
         # Windows cannot delete a file a job still has open, so let the cancelled jobs end first.
         if running:
             await asyncio.wait(running, timeout=self.settings.job_grace_s)
-        directory = self.layout.session_dir(session_id)
+        await self.remove_path(self.layout.session_dir(session_id))
+
+    async def remove_path(self, path: Path) -> None:
+        """Delete a file or directory tree; if that fails, retry it on every session sweep."""
         try:
-            await asyncio.to_thread(shutil.rmtree, directory)
-        except FileNotFoundError:
-            pass
+            await asyncio.to_thread(_remove, path)
         except OSError as error:
-            logger.error("session=%s could not remove %s: %s", session_id, directory, error)
+            # Windows cannot delete a file that a download or a job still has open.
+            logger.warning("could not remove %s (%s); retrying later", path, error)
+            self._pending_removals.add(path)
+        else:
+            self._pending_removals.discard(path)
 
     async def _sweep_sessions(self) -> None:
         interval = min(60.0, self.settings.session_idle_s / 4)
         while True:
             await asyncio.sleep(interval)
+            for path in list(self._pending_removals):
+                await self.remove_path(path)
             assert self.store is not None
             for session_id in self.store.expired_sessions(time.time()):
                 logger.info("session=%s expired after %.0f s idle", session_id, self.settings.session_idle_s)
                 self.delete_session(session_id)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """A bare upload server, the baseline for Offload's upload speed: ``python -m bench.bare_upload PORT``.
 
 It serves one route, ``PUT /upload/NAME``, on Quart and Hypercorn like Offload does, but only reads
-the body and counts its bytes: no hashing, no disk, no session. It answers 201 with ``{"size": N}``
+the body and counts its bytes: no hashing, no disk, no session. It returns 201 with ``{"size": N}``
 and stops on SIGINT, SIGTERM or, on Windows, CTRL_BREAK_EVENT.
 """
 
@@ -42,7 +42,7 @@ async def _serve(port: int) -> None:
         try:
             loop.add_signal_handler(number, shutdown.set)
         except NotImplementedError:
-            # Windows event loops have no add_signal_handler; the handler runs in the main thread
+            # Windows event loops have no add_signal_handler, so the handler runs in the main thread
             # between bytecodes and must hand over to the loop.
             signal.signal(number, _thread_safe_handler(loop, shutdown))
     await serve(app, config, shutdown_trigger=shutdown.wait)

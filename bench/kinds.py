@@ -1,4 +1,4 @@
-"""Job kinds used only by benchmarks; the server loads them with ``--extra-kinds bench.kinds``."""
+"""Job kinds used only by benchmarks. The server loads them with ``--extra-kinds bench.kinds``."""
 
 from __future__ import annotations
 

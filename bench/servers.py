@@ -33,7 +33,7 @@ def free_port() -> int:
 
 @dataclass
 class ServerProcess:
-    """A server subprocess; its stdout and stderr both go to ``log_path``."""
+    """A server subprocess whose stdout and stderr both go to ``log_path``."""
 
     name: str
     process: subprocess.Popen[bytes]
@@ -72,7 +72,7 @@ def start_server(name: str, arguments: list[str], port: int, log_path: Path) -> 
 
 
 def wait_ready(server: ServerProcess, method: str, path: str, status: int) -> None:
-    """Poll ``METHOD path`` until it returns ``status``; raise ServerError on exit or timeout."""
+    """Poll ``METHOD path`` until it returns ``status``. Raise ServerError if the server exits or times out."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -84,12 +84,12 @@ def wait_ready(server: ServerProcess, method: str, path: str, status: int) -> No
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise ServerError(f"{server.name} server did not answer {method} {path} with {status} within "
+    raise ServerError(f"{server.name} server did not return {status} for {method} {path} within "
                       f"{STARTUP_TIMEOUT_S:.0f} s; its log ends:\n{server.log_tail()}")
 
 
 def stop_server(server: ServerProcess) -> int | None:
-    """Ask the server to shut down as a service manager would; return its exit code, or None if killed.
+    """Ask the server to shut down as a service manager would. Return its exit code, or None if killed.
 
     It gets SIGTERM on POSIX and CTRL_BREAK_EVENT on Windows, and is killed after 15 s.
     """

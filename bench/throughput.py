@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, sys.path starts with bench/ instead of the repository root. Spawned workers
-# inherit sys.path, so they need the root too.
+# When run as a script, sys.path starts with bench/ instead of the repository root. Spawned
+# workers inherit sys.path, so the root must be in it before any pool starts.
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -104,13 +104,13 @@ def parse_options(argv: list[str] | None) -> Options:
                         help="worker processes for Offload and for the baseline pool "
                              "(default: the CPU count, at most 61 on Windows)")
     parser.add_argument("--jobs", type=positive_int, default=None,
-                        help="trivial jobs to time on each side (default 2000; 200 with --smoke)")
+                        help="trivial jobs to time on each side (default 2000, or 200 with --smoke)")
     parser.add_argument("--concurrency", type=positive_int, default=8,
                         help=f"clients that each keep one job in flight (default 8, at most {MAX_CONCURRENCY})")
     parser.add_argument("--upload-mb", dest="upload_mib", type=positive_int, default=None,
-                        help="upload body size in MiB (default 256; 16 with --smoke)")
+                        help="upload body size in MiB (default 256, or 16 with --smoke)")
     parser.add_argument("--smoke", action="store_true",
-                        help="run a few seconds with small defaults, for CI; no targets are checked")
+                        help="run for a few seconds with small defaults, for CI. No targets are checked.")
     parser.add_argument("--json", dest="json_path", type=Path, default=None, metavar="PATH",
                         help="also write the figures, settings and machine to PATH as JSON")
     arguments = parser.parse_args(argv)
@@ -147,9 +147,9 @@ class LoopResult:
 
 
 async def run_closed_loop(call: Callable[[int], Awaitable[None]], total: int, concurrency: int) -> LoopResult:
-    """Make ``total`` calls from ``concurrency`` clients; each client starts its next call when one ends.
+    """Make ``total`` calls from ``concurrency`` clients and time them.
 
-    ``call`` receives the client's index.
+    Each client starts its next call when its previous one ends. ``call`` receives the client's index.
     """
     remaining = total
     latencies: list[float] = []
@@ -173,8 +173,8 @@ async def run_closed_loop(call: Callable[[int], Awaitable[None]], total: int, co
 class JobWatcher:
     """Terminal states of a session's jobs, read from the session websocket.
 
-    A job may end before its POST returns, so a future is created by whichever side sees the
-    job id first.
+    A job may end before its POST returns, so the reader or the submitter, whichever gets the job
+    id first, creates its future.
     """
 
     def __init__(self) -> None:
@@ -209,7 +209,7 @@ class JobWatcher:
                 future.set_exception(error)
 
     async def wait(self, job_id: str) -> str:
-        """Wait for the job's terminal state and return it; raise BenchmarkError after 60 s."""
+        """Wait for the job's terminal state and return it. Raise BenchmarkError after 60 s."""
         try:
             return await asyncio.wait_for(self._future(job_id), JOB_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -232,7 +232,7 @@ def check_status(response: httpx.Response, expected: int) -> None:
 
 
 async def create_session(client: httpx.AsyncClient) -> tuple[str, str]:
-    """Create a session, send its token on every later request of ``client``; return id and token."""
+    """Create a session and return its id and token. Later requests of ``client`` send the token."""
     response = await client.post("/api/sessions")
     check_status(response, 201)
     body = response.json()
@@ -323,7 +323,7 @@ async def measure_bare_jobs(options: Options) -> LoopResult:
 
 @dataclass(frozen=True)
 class UploadBody:
-    """``count`` copies of one random 1 MiB chunk, generated while sending so no client holds it all."""
+    """``count`` copies of one random 1 MiB chunk, yielded while sending, so the whole body is never in memory."""
 
     chunk: bytes
     count: int
@@ -347,7 +347,7 @@ class UploadBody:
 
 
 async def timed_put(client: httpx.AsyncClient, path: str, body: UploadBody) -> tuple[float, dict[str, Any]]:
-    """PUT the body with a Content-Length; return the seconds until the 201 response and its JSON."""
+    """PUT the body with a Content-Length. Return the seconds until the 201 response, and its JSON."""
     headers = {"Content-Length": str(body.size), "Content-Type": "application/octet-stream"}
     started = time.perf_counter()
     response = await client.put(path, content=body.chunks(), headers=headers)
@@ -357,7 +357,7 @@ async def timed_put(client: httpx.AsyncClient, path: str, body: UploadBody) -> t
 
 
 async def upload_to_offload(client: httpx.AsyncClient, session_id: str, body: UploadBody) -> float:
-    """Upload to Offload, check size and SHA-256, delete the file; return MiB/s."""
+    """Upload to Offload, check the size and SHA-256, then delete the file. Return MiB/s."""
     elapsed, record = await timed_put(client, f"/api/sessions/{session_id}/files/bench.bin", body)
     if record["size"] != body.size or record["sha256"] != body.sha256:
         raise BenchmarkError(f"Offload stored {record['size']} bytes with SHA-256 {record['sha256']}, "
@@ -474,7 +474,7 @@ def start_servers(directory: Path, options: Options, servers: list[ServerProcess
 
 
 def stop_servers(servers: list[ServerProcess]) -> bool:
-    """Stop every server, print the problems in its log; return whether all exited with code 0."""
+    """Stop every server and print the problems in its log. Return whether all exited with code 0."""
     clean = True
     for server in servers:
         code = stop_server(server)
