@@ -39,6 +39,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(ApiError)
     async def _api_error(error: ApiError) -> Response:
+        # The path names the session and the file or job; the token is never part of it.
+        logger.info("%s -> %d %s: %s", _where(), error.status, error.code, error.message)
         return error_response(error.status, error.code, error.message, error.headers)
 
     @app.errorhandler(HTTPException)
@@ -48,9 +50,11 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
-        if has_request_context():
-            where = f"{request.method} {request.path}"
-        else:
-            where = f"websocket {websocket.path}"
-        logger.error("unhandled error on %s", where, exc_info=error)
+        logger.error("unhandled error on %s", _where(), exc_info=error)
         return error_response(500, "internal_error", "internal server error; the server log has the details")
+
+
+def _where() -> str:
+    if has_request_context():
+        return f"{request.method} {request.path}"
+    return f"websocket {websocket.path}"

@@ -253,6 +253,12 @@ class JobService:
             "output_dir": str(self._layout.job_dir(record["session_id"], job_id)),
         }
         ended = self._ended[job_id] = asyncio.Event()
+        try:
+            return await self._submit(record, spec, ended)
+        finally:
+            self._ended.pop(job_id, None)
+
+    async def _submit(self, record: Record, spec: dict[str, Any], ended: asyncio.Event) -> dict[str, Any]:
         generation = self._pool.generation
         try:
             outcome = await self._pool.submit(run_job, spec)
@@ -264,14 +270,13 @@ class JobService:
             # TODO: retry jobs that were in flight when another job's worker died.
             return {"status": FAILED, "error": {
                 "type": "WorkerCrashed", "message": "a worker process exited while this job ran"}}
-        finally:
-            self._ended.pop(job_id, None)
 
+        # The result often overtakes the job's last events, which travel through the Manager queue.
         try:
             await asyncio.wait_for(ended.wait(), END_MARKER_TIMEOUT_S)
         except asyncio.TimeoutError:
             logger.warning("session=%s job=%s last events did not arrive within %.1f s",
-                           record["session_id"], job_id, END_MARKER_TIMEOUT_S)
+                           record["session_id"], record["job_id"], END_MARKER_TIMEOUT_S)
         return outcome
 
     def _heal(self, generation: int) -> None:

@@ -119,3 +119,14 @@ async def test_job_log_lines_reach_websocket(api: Api) -> None:
     logs = [event for event in events if event["type"] == "log"]
     assert [(event["job_id"], event["message"]) for event in logs] == [(job["job_id"], "about to fail")]
     assert events[-1]["state"] == "failed"
+
+
+def test_short_jobs_finish_without_waiting(api: Api, server: Server) -> None:
+    """A job's result may arrive before its last events; the server must not stall on that race."""
+    started = time.monotonic()
+    for _ in range(20):
+        job = api.start("spin", [], seconds=0)
+        assert api.wait_job(job["job_id"])["state"] == "succeeded"
+    assert "last events did not arrive" not in server.log()
+    # Each stall would cost 2 s, so 20 jobs with even one stall take longer than this.
+    assert time.monotonic() - started < 10
