@@ -72,7 +72,7 @@ def start_server(name: str, arguments: list[str], port: int, log_path: Path) -> 
 
 
 def wait_ready(server: ServerProcess, method: str, path: str, status: int) -> None:
-    """Poll ``METHOD path`` until it returns ``status``. Raise ServerError if the server exits or times out."""
+    """Poll ``METHOD path`` until it returns ``status``. Raise ServerError on exit or after 60 s."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:

@@ -55,7 +55,8 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 from app.config import default_pool_size  # noqa: E402
 from app.workers.context import JobContext  # noqa: E402
 from bench.kinds import NoopParams, noop  # noqa: E402
-from bench.servers import ServerError, ServerProcess, free_port, start_server, stop_server, wait_ready  # noqa: E402
+from bench.servers import (  # noqa: E402
+    ServerError, ServerProcess, free_port, start_server, stop_server, wait_ready)
 
 MiB = 1024 * 1024
 UPLOAD_RUNS = 3
@@ -213,7 +214,8 @@ class JobWatcher:
         try:
             return await asyncio.wait_for(self._future(job_id), JOB_TIMEOUT_S)
         except asyncio.TimeoutError:
-            raise BenchmarkError(f"job {job_id} sent no terminal state event within {JOB_TIMEOUT_S:.0f} s") from None
+            raise BenchmarkError(f"job {job_id} sent no terminal state event within "
+                                 f"{JOB_TIMEOUT_S:.0f} s") from None
         finally:
             self._futures.pop(job_id, None)
 
@@ -323,7 +325,7 @@ async def measure_bare_jobs(options: Options) -> LoopResult:
 
 @dataclass(frozen=True)
 class UploadBody:
-    """``count`` copies of one random 1 MiB chunk, yielded while sending, so the whole body is never in memory."""
+    """``count`` copies of one random 1 MiB chunk, yielded while sending so the body is never whole in memory."""
 
     chunk: bytes
     count: int
@@ -422,10 +424,10 @@ def print_report(figures: list[Figure], options: Options) -> None:
     print(f"settings: {options.workers} workers, {options.jobs} jobs, concurrency {options.concurrency}, "
           f"upload {options.upload_mib} MiB x {UPLOAD_RUNS} (median)")
     width = max(len(figure.name) for figure in figures)
-    print(f"{'figure':<{width}}  {'offload':>10}  {'baseline':>10}  {'ratio':>6}")
+    print(f"{'figure':<{width}}  {'offload':>10}  {'baseline':>10}  {'ratio':>7}")
     for figure in figures:
         print(f"{figure.name:<{width}}  {format_number(figure.offload):>10}  "
-              f"{format_number(figure.baseline):>10}  {figure.ratio:>6.2f}")
+              f"{format_number(figure.baseline):>10}  {figure.ratio:>7.3g}")
 
 
 def write_json(path: Path, figures: list[Figure], options: Options, elapsed_s: float) -> None:
@@ -473,20 +475,21 @@ def start_servers(directory: Path, options: Options, servers: list[ServerProcess
     wait_ready(servers[1], "PUT", "/upload/ready", 201)
 
 
-def stop_servers(servers: list[ServerProcess]) -> bool:
-    """Stop every server and print the problems in its log. Return whether all exited with code 0."""
+def stop_servers(servers: list[ServerProcess]) -> tuple[bool, list[str]]:
+    """Stop every server. Return whether all exited with code 0, and notes on exits and log problems."""
     clean = True
+    notes: list[str] = []
     for server in servers:
         code = stop_server(server)
         if code != 0:
             clean = False
             outcome = "was killed after 15 s" if code is None else f"exited with code {code}"
-            print(f"{server.name} server {outcome}; its log ends:\n{server.log_tail()}", file=sys.stderr)
+            notes.append(f"{server.name} server {outcome}; its log ends:\n{server.log_tail()}")
         problems = server.problem_lines()
         if problems:
-            print(f"{server.name} server logged {len(problems)} warnings or errors, the first ones:", file=sys.stderr)
-            print("\n".join(problems[:10]), file=sys.stderr)
-    return clean
+            notes.append(f"{server.name} server logged {len(problems)} warnings or errors, the first ones:\n"
+                         + "\n".join(problems[:10]))
+    return clean, notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,14 +504,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, BenchmarkError, httpx.HTTPError, OSError) as error:
         print(f"benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)
     finally:
-        clean = stop_servers(servers)
+        clean, notes = stop_servers(servers)
         remove_directory(directory)
+    elapsed = time.perf_counter() - started
+
+    if figures:
+        print_report(figures, options)
+        print(f"finished in {elapsed:.1f} s")
+    # Printed after the table, so the table stays on top in a terminal.
+    for note in notes:
+        print(note, file=sys.stderr)
     if not figures:
         return 1
 
-    elapsed = time.perf_counter() - started
-    print_report(figures, options)
-    print(f"finished in {elapsed:.1f} s")
     if options.json_path is not None:
         write_json(options.json_path, figures, options, elapsed)
     return 0 if clean else 1
