@@ -25,7 +25,7 @@ from .layout import DataLayout
 from .pool import WorkerPool
 from .sessions import SessionStore
 from .workers.registry import JobKind, discover_kinds
-from .workers.runner import init_child
+from .workers.runner import init_manager
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Runtime:
         self.kinds = discover_kinds(self.settings.extra_kinds)
         context = multiprocessing.get_context(self.settings.start_method)
         self.manager = SyncManager(ctx=context)
-        await asyncio.to_thread(self.manager.start, init_child)
+        await asyncio.to_thread(self.manager.start, init_manager)
         self.store = await asyncio.to_thread(SessionStore, self.manager)
         self._events = await asyncio.to_thread(self.manager.Queue)
         self.store.start()

@@ -130,3 +130,31 @@ def test_short_jobs_finish_without_waiting(api: Api, server: Server) -> None:
     assert "last events did not arrive" not in server.log()
     # Each stall would cost 2 s, so 20 jobs with even one stall take longer than this.
     assert time.monotonic() - started < 10
+
+
+def test_killed_worker_fails_job_and_pool_heals(api: Api, server: Server) -> None:
+    # Two long jobs keep both workers busy, so the worker that is not killed is stopped mid-job.
+    job, other = api.start("spin", [], seconds=60), api.start("spin", [], seconds=60)
+    api.wait_job(job["job_id"], states=frozenset({"running"}))
+    api.wait_job(other["job_id"], states=frozenset({"running"}))
+    before = httpx.get(server.url + "/readyz").json()["worker_restarts"]
+    # The Manager and the workers are all spawned children; the busy one runs the job.
+    spawned = [process for process in server.child_processes() if "spawn_main" in " ".join(process.cmdline())]
+    for process in spawned:
+        process.cpu_percent()
+    time.sleep(0.5)
+    busy = max(spawned, key=lambda process: process.cpu_percent())
+    busy.kill()
+
+    # TODO: the job whose worker survived should run again instead of failing.
+    for record in (api.wait_job(job["job_id"]), api.wait_job(other["job_id"])):
+        assert record["state"] == "failed"
+        assert record["error"]["type"] == "WorkerCrashed"
+    assert api.wait_job(api.start("spin", [], seconds=0)["job_id"])["state"] == "succeeded"
+    assert httpx.get(server.url + "/readyz").json()["worker_restarts"] == before + 1
+    # Of the processes spawned before the crash only the Manager is left: no worker of the broken pool.
+    old_pids = {process.pid for process in spawned}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(old_pids & {process.pid for process in server.child_processes()}) > 1:
+        time.sleep(0.1)
+    assert len(old_pids & {process.pid for process in server.child_processes()}) == 1

@@ -25,18 +25,25 @@ from .registry import builtin_modules, find_kind, load_kinds
 _events: queue.Queue[dict[str, Any]] | None = None
 _cancel_flags: MutableMapping[str, bool] | None = None
 
+# Signals a terminal, a console or a service manager may send to a whole process group. The server
+# alone decides when its children stop: in a worker, a ``KeyboardInterrupt`` would travel back to the
+# server as the job's exception, and the Manager must outlive the server's graceful shutdown.
+GROUP_SIGNALS = ("SIGINT", "SIGBREAK")
 
-def init_child() -> None:
-    """Prepare a worker or the Manager: the server, not the terminal, decides when children stop.
 
-    A terminal Ctrl+C, Windows' CTRL_BREAK_EVENT, and a service manager's SIGTERM may reach every
-    process in the group at once. In a worker, the ``KeyboardInterrupt`` would travel back to the
-    server as the job's exception. In the Manager, it would end the Manager before the server's
-    graceful shutdown ran. So children ignore them, and exit when the server process is gone.
-    """
-    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+def init_manager() -> None:
+    """Manager initializer: ignore group signals and SIGTERM, and exit when the server is gone."""
+    _ignore_signals((*GROUP_SIGNALS, "SIGTERM"))
+    _watch_parent()
+
+
+def _ignore_signals(names: tuple[str, ...]) -> None:
+    for name in names:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def _watch_parent() -> None:
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), name="offload-parent-watch",
@@ -51,11 +58,17 @@ def _exit_with_parent(sentinel: int) -> None:
 
 def init_worker(events: queue.Queue[dict[str, Any]] | None,
                 cancel_flags: MutableMapping[str, bool] | None) -> None:
-    """Pool initializer: run ``init_child`` and keep the Manager proxies for every job of this worker."""
+    """Pool initializer: ignore group signals, watch the server, and keep the Manager proxies.
+
+    Workers keep the default SIGTERM action, because ProcessPoolExecutor stops the remaining workers
+    of a broken pool with ``terminate()`` and then joins them.
+    """
     global _events, _cancel_flags
-    init_child()
+    _ignore_signals(GROUP_SIGNALS)
+    _watch_parent()
     _events = events
     _cancel_flags = cancel_flags
+
 
 def warm_up(extra_modules: list[str]) -> int:
     """Import every job kind module so the first real job pays no import cost; return the pid."""
