@@ -137,29 +137,28 @@ async def store_multipart(body: AsyncIterable[bytes], boundary: bytes, new_path:
     ``new_path`` returns a fresh path for each file part. On any error every file of the request,
     finished or partial, is removed.
     """
-    decoder = MultipartDecoder(boundary, MAX_FORM_MEMORY_BYTES, max_parts=MAX_FORM_PARTS)
-    stored: list[StoredUpload] = []
-    current: tuple[BatchedWriter, str, str] | None = None
+    form = _MultipartForm(MultipartDecoder(boundary, MAX_FORM_MEMORY_BYTES, max_parts=MAX_FORM_PARTS),
+                          new_path, limit)
     try:
         async for piece in _pieces(body):
-            decoder.receive_data(piece)
-            current = await _drain(decoder, current, stored, new_path, limit)
-        decoder.receive_data(None)
-        current = await _drain(decoder, current, stored, new_path, limit)
+            form.decoder.receive_data(piece)
+            await form.drain()
+        form.decoder.receive_data(None)
+        await form.drain()
     except RequestEntityTooLarge:
-        await _discard(current, stored)
+        await form.discard()
         raise ApiError(413, "too_large", f"multipart headers or fields exceed {MAX_FORM_MEMORY_BYTES} "
                        f"bytes or {MAX_FORM_PARTS} parts") from None
     except ValueError as error:
-        await _discard(current, stored)
+        await form.discard()
         raise bad_request(f"invalid multipart body: {error}") from None
     except BaseException:
-        await _discard(current, stored)
+        await form.discard()
         raise
 
-    if not stored:
+    if not form.stored:
         raise bad_request(f"multipart body has no {FILE_FIELD!r} part with a filename")
-    return stored
+    return form.stored
 
 
 async def _pieces(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
@@ -168,34 +167,46 @@ async def _pieces(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
             yield chunk[start:start + PARSER_FEED_BYTES]
 
 
-async def _drain(decoder: MultipartDecoder, current: tuple[BatchedWriter, str, str] | None,
-                 stored: list[StoredUpload], new_path: Callable[[], Path], limit: int
-                 ) -> tuple[BatchedWriter, str, str] | None:
-    """Handle every event the parser has ready; return the file part still open, if any."""
-    while True:
-        event = decoder.next_event()
-        if isinstance(event, (NeedData, Epilogue)):
-            return current
-        if isinstance(event, File) and event.name == FILE_FIELD:
-            sink = await asyncio.to_thread(FileSink, new_path())
-            current = (BatchedWriter(sink, limit), event.filename, _part_type(event.headers))
-        elif isinstance(event, Field) and event.name == FILE_FIELD:
-            raise ValueError(f"part {FILE_FIELD!r} has no filename; send it as a file")
-        elif isinstance(event, Data) and current is not None:
-            writer, name, content_type = current
-            await writer.write(event.data)
-            if not event.more_data:
-                digest = await writer.commit()
-                stored.append(StoredUpload(writer.sink.path, name, content_type, writer.received, digest))
-                current = None
+class _MultipartForm:
+    """The files of one multipart request: those stored so far and the one being written."""
+
+    def __init__(self, decoder: MultipartDecoder, new_path: Callable[[], Path], limit: int) -> None:
+        self.decoder = decoder
+        self.new_path = new_path
+        self.limit = limit
+        self.stored: list[StoredUpload] = []
+        self.current: tuple[BatchedWriter, str, str] | None = None
+
+    async def drain(self) -> None:
+        """Handle every event the parser has ready."""
+        while True:
+            event = self.decoder.next_event()
+            if isinstance(event, (NeedData, Epilogue)):
+                return
+            if isinstance(event, File) and event.name == FILE_FIELD:
+                sink = await asyncio.to_thread(FileSink, self.new_path())
+                self.current = (BatchedWriter(sink, self.limit), event.filename, _part_type(event.headers))
+            elif isinstance(event, Field) and event.name == FILE_FIELD:
+                raise ValueError(f"part {FILE_FIELD!r} has no filename; send it as a file")
+            elif isinstance(event, Data) and self.current is not None:
+                await self._write(event)
+
+    async def _write(self, event: Data) -> None:
+        assert self.current is not None
+        writer, name, content_type = self.current
+        await writer.write(event.data)
+        if not event.more_data:
+            digest = await writer.commit()
+            self.stored.append(StoredUpload(writer.sink.path, name, content_type, writer.received, digest))
+            self.current = None
+
+    async def discard(self) -> None:
+        if self.current is not None:
+            await asyncio.shield(self.current[0].discard())
+            self.current = None
+        for upload in self.stored:
+            await asyncio.to_thread(upload.path.unlink, missing_ok=True)
 
 
 def _part_type(headers: Headers) -> str:
     return headers.get("content-type", "application/octet-stream")
-
-
-async def _discard(current: tuple[BatchedWriter, str, str] | None, stored: list[StoredUpload]) -> None:
-    if current is not None:
-        await asyncio.shield(current[0].discard())
-    for upload in stored:
-        await asyncio.to_thread(upload.path.unlink, missing_ok=True)

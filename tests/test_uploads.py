@@ -136,3 +136,24 @@ def test_delete_session_removes_files(server: Server) -> None:
     while session_dir.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not session_dir.exists()
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_multipart_over_limit_leaves_no_partial(small_api: Api, small_server: Server, parts: int) -> None:
+    """The part that crosses the limit is removed too, whether it is the first part or a later one."""
+    before = stored_files(small_server)
+    files = [("file", (f"small{index}.bin", b"s" * 10)) for index in range(parts - 1)]
+    files.append(("file", ("big.bin", b"b" * (LIMIT * 2))))
+    response = small_api.client.post(f"{small_api.prefix}/files", files=files)
+    assert response.status_code == 413
+    assert stored_files(small_server) == before
+
+
+def test_multipart_header_and_excess_in_one_chunk(server_factory: object) -> None:
+    """A part whose header and excess bytes arrive in one chunk is removed too, as curl sends them."""
+    tiny = server_factory("--max-upload-bytes", "1000")
+    api = Api(tiny)
+    before = stored_files(tiny)
+    response = api.client.post(f"{api.prefix}/files", files=[("file", ("data.csv", (DATA / "airports.csv").read_bytes()))])
+    assert response.status_code == 413
+    assert stored_files(tiny) == before
