@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__
@@ -33,13 +34,17 @@ def _serve(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _kinds(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .workers.registry import discover_kinds
+    from .workers.registry import KindError, discover_kinds
 
     try:
         settings = settings_from(vars(arguments))
     except SettingsError as error:
         parser.error(str(error))
-    kinds = discover_kinds(settings.extra_kinds)
+    try:
+        kinds = discover_kinds(settings.extra_kinds)
+    except KindError as error:
+        print(f"offload kinds: {error}", file=sys.stderr)
+        return 1
     if arguments.json:
         print(json.dumps([kind.describe() for kind in kinds.values()], indent=2))
         return 0
@@ -52,6 +57,10 @@ def _kinds(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
+    # ``python -m`` puts the working directory on sys.path and console scripts do not; spawned
+    # workers inherit sys.path, so this makes --extra-kinds modules importable the same way.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = argparse.ArgumentParser(prog="offload", description="Offload: CPU-heavy jobs on uploaded files.")
     parser.add_argument("--version", action="version", version=f"offload {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

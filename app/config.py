@@ -29,6 +29,16 @@ _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
 _SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 
 
+# Seconds a shutdown needs beyond the jobs' grace period to stop the workers, the open connections
+# and the Manager.
+SHUTDOWN_MARGIN_S = 3.0
+
+
+def option_names(name: str) -> str:
+    """Name a setting as users write it: ``--max-upload-bytes (OFFLOAD_MAX_UPLOAD_BYTES)``."""
+    return f"--{name.replace('_', '-')} ({ENV_PREFIX}{name.upper()})"
+
+
 class SettingsError(ValueError):
     """Raised when a flag or environment variable has an invalid value."""
 
@@ -56,6 +66,12 @@ def _option(help: str, kind: str = "", choices: Sequence[str] | None = None) -> 
     return {"help": help, "kind": kind, "choices": choices}
 
 
+def _default(spec: dataclasses.Field[Any]) -> Any:
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be configured with; each field is a flag and an environment variable."""
@@ -64,7 +80,7 @@ class Settings:
     port: int = field(default=8000, metadata=_option("TCP port to listen on"))
     workers: int = field(
         default_factory=default_pool_size,
-        metadata=_option("worker processes in the job pool (default: the CPU count, at most 61 on Windows)"),
+        metadata=_option("worker processes in the job pool; the CPU count by default, at most 61 on Windows"),
     )
     data_dir: Path = field(
         default=Path("offload-data"),
@@ -121,25 +137,29 @@ class Settings:
 
     def _check(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise SettingsError(f"invalid port {self.port!r}: use 0 to 65535")
+            raise SettingsError(f"invalid {option_names('port')} {self.port!r}: use 0 to 65535")
         if self.workers < 1:
-            raise SettingsError(f"invalid workers {self.workers!r}: use at least 1")
+            raise SettingsError(f"invalid {option_names('workers')} {self.workers!r}: use at least 1")
         if sys.platform == "win32" and self.workers > MAX_WINDOWS_WORKERS:
-            raise SettingsError(
-                f"invalid workers {self.workers!r}: Windows allows at most {MAX_WINDOWS_WORKERS}"
-            )
+            raise SettingsError(f"invalid {option_names('workers')} {self.workers!r}: Windows allows at most "
+                                f"{MAX_WINDOWS_WORKERS}")
         available = multiprocessing.get_all_start_methods()
         if self.start_method not in available:
-            raise SettingsError(
-                f"invalid start method {self.start_method!r}: this platform has {', '.join(available)}"
-            )
+            raise SettingsError(f"invalid {option_names('start_method')} {self.start_method!r}: this platform "
+                                f"has {', '.join(available)}")
         for name in ("max_upload_bytes", "max_queued_jobs_per_session", "max_queued_jobs",
                      "ws_send_queue", "event_backlog"):
             if getattr(self, name) < 1:
-                raise SettingsError(f"invalid {name} {getattr(self, name)!r}: use at least 1")
+                raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use at least 1")
         for name in ("session_idle_s", "job_grace_s", "shutdown_timeout_s"):
             if getattr(self, name) <= 0:
-                raise SettingsError(f"invalid {name} {getattr(self, name)!r}: use a positive number")
+                raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use a positive number")
+        if self.shutdown_timeout_s < self.job_grace_s + SHUTDOWN_MARGIN_S:
+            raise SettingsError(
+                f"invalid {option_names('shutdown_timeout_s')} {self.shutdown_timeout_s!r}: use at least "
+                f"{option_names('job_grace_s')} ({self.job_grace_s!r}) + {SHUTDOWN_MARGIN_S} s, so running "
+                "jobs get their grace period and the server still has time to stop its processes"
+            )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -160,7 +180,7 @@ def _convert(spec: dataclasses.Field[Any], text: str) -> Any:
         return target(text)
     except ValueError:
         expected = "a whole number" if target is int else "a number"
-        raise SettingsError(f"invalid {spec.name} {text!r}: expected {expected}") from None
+        raise SettingsError(f"invalid {option_names(spec.name)} {text!r}: expected {expected}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -168,9 +188,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for spec in dataclasses.fields(Settings):
         flag = "--" + spec.name.replace("_", "-")
         env = ENV_PREFIX + spec.name.upper()
-        help_text = f"{spec.metadata['help']} [env {env}]"
-        parser.add_argument(flag, dest=spec.name, default=None, metavar=spec.name.upper(),
-                            choices=spec.metadata["choices"], help=help_text)
+        default = _default(spec)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f"{spec.metadata['help']} [default: {shown or 'none'}; env {env}]"
+        choices = spec.metadata["choices"]
+        if choices:
+            # Choices are matched without regard to case, so --log-level debug works like the variable.
+            parser.add_argument(flag, dest=spec.name, default=None, choices=choices, help=help_text,
+                                type=_case_insensitive(choices))
+        else:
+            parser.add_argument(flag, dest=spec.name, default=None, metavar=spec.name.upper(), help=help_text)
+
+
+def _case_insensitive(choices: Sequence[str]) -> Any:
+    def convert(text: str) -> str:
+        return next((choice for choice in choices if choice.lower() == text.lower()), text)
+
+    return convert
 
 
 def settings_from(arguments: Mapping[str, Any] | None = None,
@@ -188,4 +222,11 @@ def settings_from(arguments: Mapping[str, Any] | None = None,
         values[spec.name] = _convert(spec, str(text))
     if "log_level" in values:
         values["log_level"] = values["log_level"].upper()
+        choices = _FIELD_CHOICES["log_level"]
+        if values["log_level"] not in choices:
+            raise SettingsError(f"invalid {option_names('log_level')} {values['log_level']!r}: use one of "
+                                f"{', '.join(choices)}")
     return Settings(**values)
+
+
+_FIELD_CHOICES = {spec.name: spec.metadata["choices"] for spec in dataclasses.fields(Settings)}

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import logging
+from types import TracebackType
+
 from quart import Quart
 
 from .config import Settings, settings_from
 from .errors import install_error_handlers
 from .routes import api
-from .runtime import Runtime
+from .runtime import Runtime, StartupError
 from .streams import streams
+
+logger = logging.getLogger("offload")
+
+
+class OffloadApp(Quart):
+    """Quart, but a ``StartupError`` is logged as its message alone: it says what to change."""
+
+    def log_exception(
+        self,
+        exception_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        error = exception_info[1]
+        if isinstance(error, StartupError):
+            logger.critical("cannot start: %s", error)
+            return
+        super().log_exception(exception_info)
 
 
 def create_app(settings: Settings | None = None) -> Quart:
     """Build the Quart app; without ``settings`` it reads ``OFFLOAD_*`` variables when serving starts."""
-    app = Quart("offload")
+    app = OffloadApp("offload")
     # Uploads enforce their own limit while streaming; JSON bodies are capped in read_json.
     app.config["MAX_CONTENT_LENGTH"] = None
     install_error_handlers(app)

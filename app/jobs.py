@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .config import option_names
 from .errors import ApiError, bad_request, not_found
 from .events import Event, EventHub
 from .layout import DataLayout, list_outputs
@@ -134,12 +135,12 @@ class JobService:
         headers = {"Retry-After": str(RETRY_AFTER_S)}
         if len(self._queued) >= self._max_queued:
             raise ApiError(429, "too_many_jobs", f"{len(self._queued)} jobs are queued, the server maximum "
-                           "(setting max_queued_jobs); retry later", headers)
+                           f"({option_names('max_queued_jobs')}); retry later", headers)
         queued_here = sum(1 for job_id in self._queued if self._store.jobs[job_id]["session_id"]
                           == session.session_id)
         if queued_here >= self._max_queued_per_session:
             raise ApiError(429, "too_many_jobs", f"this session has {queued_here} queued jobs, the maximum "
-                           "(setting max_queued_jobs_per_session); retry later", headers)
+                           f"({option_names('max_queued_jobs_per_session')}); retry later", headers)
 
     def _new_record(self, session: Session, kind: JobKind, inputs: list[str], params: dict[str, Any]) -> Record:
         return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import shutil
 import time
 from multiprocessing.managers import SyncManager
@@ -18,13 +19,13 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .config import Settings
+from .config import Settings, option_names
 from .events import EventHub, EventPump
 from .jobs import JobService
 from .layout import DataLayout
 from .pool import WorkerPool
 from .sessions import SessionStore
-from .workers.registry import JobKind, discover_kinds
+from .workers.registry import JobKind, KindError, discover_kinds
 from .workers.runner import init_manager
 
 logger = logging.getLogger(__name__)
@@ -64,13 +65,14 @@ class Runtime:
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._pending_removals: set[Path] = set()
+        self._finishing: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         if multiprocessing.current_process().daemon:
-            logger.critical(DAEMONIC_MESSAGE)
             raise StartupError(DAEMONIC_MESSAGE)
         started = time.monotonic()
         await asyncio.to_thread(self._lock_data_dir)
+        await asyncio.to_thread(self._remove_stale_sessions)
         try:
             await self._start_processes()
         except BaseException:
@@ -83,20 +85,38 @@ class Runtime:
                     self.layout.root, ", ".join(self.kinds))
 
     def _lock_data_dir(self) -> None:
-        self.layout.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.layout.lock_path)
+        root = str(self.layout.root)
         try:
+            self.layout.root.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(self.layout.lock_path)
             lock.acquire(timeout=0)
         except Timeout:
             raise StartupError(
-                f"data directory {str(self.layout.root)!r} is in use by another Offload server; stop it, "
-                "or give this one another --data-dir. Several Hypercorn workers cannot share one data "
+                f"data directory {root!r} is in use by another Offload server; stop it, or give this one "
+                f"another {option_names('data_dir')}. Several Hypercorn workers cannot share one data "
                 "directory: run one serving process, the worker pool gives the parallelism."
             ) from None
+        except OSError as error:
+            raise StartupError(f"cannot use data directory {root!r}: {error.strerror or error}; give "
+                               f"{option_names('data_dir')} a writable directory") from None
         self._lock = lock
 
+    def _remove_stale_sessions(self) -> None:
+        # TODO: restore sessions from a journal instead; until then no token of an earlier run is
+        # known, so the files of its sessions can never be read again.
+        sessions = self.layout.root / "sessions"
+        stale = [path for path in sessions.iterdir() if path.is_dir()] if sessions.is_dir() else []
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        if stale:
+            logger.info("removed %d sessions left by an earlier run", len(stale))
+
     async def _start_processes(self) -> None:
-        self.kinds = discover_kinds(self.settings.extra_kinds)
+        try:
+            self.kinds = discover_kinds(self.settings.extra_kinds)
+        except KindError as error:
+            raise StartupError(f"{error}. A module given to {option_names('extra_kinds')} must be importable "
+                               f"from the working directory {os.getcwd()!r} or from PYTHONPATH") from None
         context = multiprocessing.get_context(self.settings.start_method)
         self.manager = SyncManager(ctx=context)
         await asyncio.to_thread(self.manager.start, init_manager)
@@ -117,24 +137,41 @@ class Runtime:
         self.ready = False
 
     def begin_shutdown(self) -> None:
-        """Stop accepting work and tell open websockets to close; safe to call more than once."""
+        """Stop accepting uploads and jobs; safe to call more than once."""
         if self.stopping.is_set():
             return
-        logger.info("shutting down: no new uploads or jobs; websockets are closing")
+        logger.info("shutting down: no new uploads or jobs")
         self.stopping.set()
         self.ready = False
-        self.hub.close_all()
         if self.jobs is not None:
             self.jobs.accepting = False
             self.jobs.stopping = True
 
-    async def stop(self) -> None:
-        """Interrupt queued jobs, give running ones their grace period, then stop every child process."""
+    async def finish_jobs(self) -> None:
+        """Interrupt queued jobs, give running ones their grace period, stop the workers, close websockets.
+
+        Websockets close with 1001 only after every job's final state was published, so clients that
+        watch a job see how it ended. Safe to call more than once.
+        """
+        if self._finishing is None:
+            self._finishing = asyncio.ensure_future(self._finish_jobs())
+        await asyncio.shield(self._finishing)
+
+    async def _finish_jobs(self) -> None:
         self.begin_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.jobs is not None:
             await self.jobs.stop(self.settings.job_grace_s)
+        if self.pool is not None:
+            await self.pool.stop()
+        if self.jobs is not None:
+            await self.jobs.wait_finished(TEARDOWN_TIMEOUT_S)
+        self.hub.close_all()
+
+    async def stop(self) -> None:
+        """Finish the jobs, then stop the Manager and the helper threads and release the data directory."""
+        await self.finish_jobs()
         await self._teardown()
         logger.info("stopped")
 

@@ -16,7 +16,7 @@ from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
 from quart import Quart
 
-from .config import Settings
+from .config import Settings, option_names
 from .factory import create_app
 from .runtime import Runtime
 
@@ -52,33 +52,40 @@ def hypercorn_config(settings: Settings) -> Config:
 def run_server(settings: Settings) -> int:
     """Serve until a shutdown signal; return the process exit status."""
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    config = hypercorn_config(settings)
     try:
-        asyncio.run(_serve(app, settings))
-    except LifespanFailureError as error:
-        logger.critical("startup failed: %s", error)
+        # Hypercorn binds only after the app started its pool; trying first fails fast and cheaply.
+        _check_bind(config)
+        asyncio.run(_serve(create_app(settings), settings, config))
+    except LifespanFailureError:
+        # The app logged why it could not start.
         return 1
     except OSError as error:
-        logger.critical("cannot listen on %s:%s: %s", settings.host, settings.port, error)
+        logger.critical("cannot listen on %s:%s: %s; choose another %s, or stop the program using it",
+                        settings.host, settings.port, error.strerror or error, option_names("port"))
         return 1
     return 0
 
 
-async def _serve(app: Quart, settings: Settings) -> None:
+def _check_bind(config: Config) -> None:
+    sockets = config.create_sockets()
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
+        sock.close()
+
+
+async def _serve(app: Quart, settings: Settings, config: Config) -> None:
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
+    finishing: list[asyncio.Task[None]] = []
 
     def on_signal(number: int) -> None:
-        if shutdown.is_set():
+        if finishing:
             logger.warning("received %s again; already shutting down", signal.Signals(number).name)
             return
         logger.info("received %s; shutting down within %.0f s", signal.Signals(number).name,
                     settings.shutdown_timeout_s)
-        runtime: Runtime | None = app.extensions.get("offload")
-        if runtime is not None:
-            runtime.begin_shutdown()
         _start_watchdog(settings.shutdown_timeout_s)
-        shutdown.set()
+        finishing.append(loop.create_task(_finish_then_stop(app, shutdown)))
 
     for number in SHUTDOWN_SIGNALS:
         try:
@@ -88,7 +95,24 @@ async def _serve(app: Quart, settings: Settings) -> None:
             # bytecodes of the main thread and must hand over to the loop.
             signal.signal(number, _thread_safe_handler(loop, on_signal))
 
-    await serve(app, hypercorn_config(settings), shutdown_trigger=shutdown.wait)
+    try:
+        await serve(app, config, shutdown_trigger=shutdown.wait)
+    except OSError:
+        # Binding failed after start-up, so Hypercorn skips the lifespan shutdown.
+        runtime: Runtime | None = app.extensions.get("offload")
+        if runtime is not None:
+            await runtime.stop()
+        raise
+
+
+async def _finish_then_stop(app: Quart, shutdown: asyncio.Event) -> None:
+    """Let jobs end and websockets see their final states, then stop Hypercorn."""
+    runtime: Runtime | None = app.extensions.get("offload")
+    try:
+        if runtime is not None:
+            await runtime.finish_jobs()
+    finally:
+        shutdown.set()
 
 
 def _thread_safe_handler(loop: asyncio.AbstractEventLoop, handler: Any) -> Any:

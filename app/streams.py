@@ -105,9 +105,6 @@ def _job_finished(runtime: Runtime, job_id: str) -> bool:
 async def _relay(subscriber: Subscriber, floor: int) -> None:
     while True:
         batch = await subscriber.next_batch()
-        if subscriber.closed:
-            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
-            return
         if subscriber.overflowed:
             logger.warning("session=%s websocket client fell %d events behind; disconnected",
                            subscriber.session_id, subscriber.limit)
@@ -117,6 +114,11 @@ async def _relay(subscriber: Subscriber, floor: int) -> None:
         await _send_all(batch)
         if subscriber.job_id is not None and any(_is_final(event) for event in batch):
             await websocket.close(CLOSE_NORMAL, "job finished")
+            return
+        # The server closes subscribers only after publishing every job's final state, so the batch
+        # just sent held the last events.
+        if subscriber.closed:
+            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
             return
 
 

@@ -19,6 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
+from .config import option_names
 from .errors import ApiError, bad_request
 
 # Bytes gathered before one write; each write is a hop to a worker thread, so small network
@@ -43,7 +44,7 @@ class StoredUpload:
 
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "too_large",
-                    f"upload exceeds the maximum file size of {limit} bytes (setting max_upload_bytes)")
+                    f"upload exceeds the maximum file size of {limit} bytes ({option_names('max_upload_bytes')})")
 
 
 class FileSink:

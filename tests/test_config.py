@@ -47,16 +47,24 @@ def test_parse_size_rejects(text: str) -> None:
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ({"port": "70000"}, "invalid port 70000"),
-    ({"port": "http"}, "invalid port 'http'"),
-    ({"workers": "0"}, "invalid workers 0"),
-    ({"start_method": "thread"}, "invalid start method 'thread'"),
-    ({"max_upload_bytes": "0"}, "invalid max_upload_bytes 0"),
-    ({"job_grace_s": "-1"}, "invalid job_grace_s -1.0"),
+    ({"port": "70000"}, "invalid --port (OFFLOAD_PORT) 70000"),
+    ({"port": "http"}, "invalid --port (OFFLOAD_PORT) 'http'"),
+    ({"workers": "0"}, "invalid --workers (OFFLOAD_WORKERS) 0"),
+    ({"start_method": "thread"}, "invalid --start-method (OFFLOAD_START_METHOD) 'thread'"),
+    ({"max_upload_bytes": "0"}, "invalid --max-upload-bytes (OFFLOAD_MAX_UPLOAD_BYTES) 0"),
+    ({"job_grace_s": "-1"}, "invalid --job-grace-s (OFFLOAD_JOB_GRACE_S) -1.0"),
+    ({"log_level": "loud"}, "invalid --log-level (OFFLOAD_LOG_LEVEL) 'LOUD'"),
+    ({"job_grace_s": "8", "shutdown_timeout_s": "10"}, "invalid --shutdown-timeout-s"),
 ])
 def test_invalid_values_are_named(values: dict[str, str], message: str) -> None:
-    with pytest.raises(SettingsError, match=message):
+    with pytest.raises(SettingsError) as error:
         settings_from(values, {})
+    assert str(error.value).startswith(message)
+
+
+def test_grace_and_timeout_at_edge() -> None:
+    settings = settings_from({"job_grace_s": "7", "shutdown_timeout_s": "10"}, {})
+    assert settings.shutdown_timeout_s - settings.job_grace_s == 3
 
 
 @pytest.mark.skipif(sys.platform != "win32", reason="the worker cap applies on Windows")

@@ -70,7 +70,7 @@ def test_queue_limit_per_session(server_factory: object) -> None:
     response = api.client.post(f"{api.prefix}/jobs", json={"kind": "spin", "inputs": []})
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1"
-    assert "max_queued_jobs_per_session" in response.json()["error"]["message"]
+    assert "--max-queued-jobs-per-session" in response.json()["error"]["message"]
 
     # Another session still has room, below the server-wide limit.
     other = Api(server)
@@ -85,7 +85,7 @@ def test_queue_limit_total(server_factory: object) -> None:
     first.start("spin", [], seconds=0)
     response = second.client.post(f"{second.prefix}/jobs", json={"kind": "spin", "inputs": []})
     assert response.status_code == 429
-    assert "max_queued_jobs" in response.json()["error"]["message"]
+    assert "--max-queued-jobs " in response.json()["error"]["message"]
 
 
 def subscribers(server: Server) -> int:

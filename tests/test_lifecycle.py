@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 
 import httpx
 import pytest
+import websockets
 
 from .conftest import ROOT, Api, alive, free_port, wait_gone
 
@@ -137,3 +139,24 @@ def test_signal_with_running_jobs_exits_cleanly(server_factory: object, how: str
     for job in jobs:
         assert f"job={job['job_id']} interrupted" in log
     assert "interrupting 1 queued jobs" in log
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals; Windows uses CTRL_BREAK_EVENT")
+async def test_websocket_sees_final_states_then_1001(server_factory: object) -> None:
+    server = server_factory()
+    api = Api(server)
+    running = [api.start("spin", [], seconds=60) for _ in range(2)]
+    queued = api.start("spin", [], seconds=60)
+    for job in running:
+        api.wait_job(job["job_id"], states=frozenset({"running"}))
+
+    async with websockets.connect(api.ws_url()) as ws:
+        await ws.recv()
+        server.process.send_signal(signal.SIGTERM)
+        events = [json.loads(message) async for message in ws]
+        close_code = ws.close_code
+
+    final = {event["job_id"]: event["state"] for event in events if event["type"] == "state"}
+    assert final == {job["job_id"]: "interrupted" for job in [*running, queued]}
+    assert close_code == 1001
+    assert server.process.wait(10) == 0
