@@ -51,9 +51,23 @@ def _kinds(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     for kind in kinds.values():
         print(f"{kind.name}: {kind.description}")
         for name, schema in kind.params.model_json_schema().get("properties", {}).items():
-            default = f" (default {json.dumps(schema['default'])})" if "default" in schema else ""
-            print(f"    {name}{default}: {schema.get('description', '')}")
+            default = f", default {json.dumps(schema['default'])}" if "default" in schema else ""
+            print(f"    {name} ({_describe_type(schema)}{default}): {schema.get('description', '')}")
     return 0
+
+
+def _describe_type(schema: dict[str, object]) -> str:
+    """Summarise a JSON Schema property: ``list of sha256|md5``, ``integer 0 to 100``, ``string or null``."""
+    if "enum" in schema:
+        return "|".join(str(value) for value in schema["enum"])  # type: ignore[attr-defined]
+    if "anyOf" in schema:
+        return " or ".join(_describe_type(option) for option in schema["anyOf"])  # type: ignore[attr-defined]
+    kind = str(schema.get("type", "any"))
+    if kind == "array":
+        return "list of " + _describe_type(schema.get("items", {}))  # type: ignore[arg-type]
+    if "minimum" in schema and "maximum" in schema:
+        return f"{kind} {schema['minimum']} to {schema['maximum']}"
+    return kind
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,14 +48,19 @@ class JobRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="parameters of the kind")
 
 
-def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+def describe_validation_error(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
     """Turn a pydantic error into one line that names each invalid field and the value sent."""
     messages = []
     for item in error.errors():
         field = prefix + ".".join(str(part) for part in item["loc"])
-        message = f"{field or 'body'}: {item['msg']}"
-        if item["type"] != "missing" and not isinstance(item.get("input"), (dict, list)):
-            message += f" (got {item['input']!r})"
+        if item["type"] == "extra_forbidden":
+            message = f"{field}: unknown field; use one of {sorted(model.model_fields)}"
+        elif item["type"] == "model_type":
+            message = f"{field or 'body'}: expected a JSON object"
+        else:
+            message = f"{field or 'body'}: {item['msg']}"
+            if item["type"] != "missing" and not isinstance(item.get("input"), (dict, list)):
+                message += f" (got {item['input']!r})"
         messages.append(message)
     return "; ".join(messages)
 
@@ -99,7 +104,7 @@ class JobService:
         try:
             request = JobRequest.model_validate(payload)
         except ValidationError as error:
-            raise bad_request(describe_validation_error(error)) from None
+            raise bad_request(describe_validation_error(error, JobRequest)) from None
 
         kind = self._kinds.get(request.kind)
         if kind is None:
@@ -108,7 +113,7 @@ class JobService:
         try:
             params = kind.params.model_validate(request.params)
         except ValidationError as error:
-            raise bad_request(describe_validation_error(error, prefix="params.")) from None
+            raise bad_request(describe_validation_error(error, kind.params, prefix="params.")) from None
         self._check_queue(session)
 
         record = self._new_record(session, kind, request.inputs, params.model_dump(mode="json"))
@@ -123,9 +128,13 @@ class JobService:
     def _check_inputs(self, session: Session, kind: JobKind, inputs: list[str]) -> None:
         count = len(inputs)
         if count < kind.min_inputs or (kind.max_inputs is not None and count > kind.max_inputs):
-            expected = str(kind.min_inputs) if kind.max_inputs == kind.min_inputs else \
-                f"{kind.min_inputs} to {kind.max_inputs or 'any number of'}"
-            raise bad_request(f"inputs: kind {kind.name!r} takes {expected} input files, got {count}; "
+            if kind.max_inputs == kind.min_inputs:
+                expected = f"exactly {kind.min_inputs}"
+            elif kind.max_inputs is None:
+                expected = f"at least {kind.min_inputs}"
+            else:
+                expected = f"{kind.min_inputs} to {kind.max_inputs}"
+            raise bad_request(f"inputs: kind {kind.name!r} takes {expected} input file(s), got {count}; "
                               "start one job per file")
         for file_id in inputs:
             if file_id not in session.file_ids:

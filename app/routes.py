@@ -154,12 +154,18 @@ async def put_file(session_id: str, name: str) -> tuple[Response, int]:
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
 
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.startswith("multipart/form-data"):
+        raise bad_request("PUT takes the file itself as the body; send multipart/form-data with "
+                          f"POST /api/sessions/{session_id}/files instead")
     name = clean_name(name)
     file_id = new_id()
     directory = runtime.layout.files_dir(session_id)
     await _make_dir(directory)
     size, sha256 = await store_body(request.body, directory / file_id, limit)
-    content_type = request.headers.get("Content-Type") or _guess_type(name)
+    # curl --data-binary sends this type by default; it never describes a stored file.
+    if not content_type or content_type == "application/x-www-form-urlencoded":
+        content_type = _guess_type(name)
     record = _file_record(file_id, name, size, sha256, content_type)
     return await _register_upload(runtime, session, record), 201
 

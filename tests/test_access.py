@@ -130,3 +130,26 @@ async def test_websocket_invalid_after_is_400(api: Api) -> None:
         async with websockets.connect(api.ws_url(after="-1")):
             pass
     assert error.value.response.status_code == 400
+
+
+def test_unknown_param_lists_valid_ones(api: Api) -> None:
+    file_record = api.upload(DATA / "seattle-weather.csv")
+    response = api.client.post(f"{api.prefix}/jobs", json={"kind": "csv-profile", "inputs": [file_record["file_id"]],
+                                                           "params": {"delimeter": ";"}})
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "params.delimeter: unknown field" in message
+    assert "'delimiter'" in message
+
+
+def test_put_multipart_is_400(api: Api) -> None:
+    response = api.client.put(f"{api.prefix}/files/data.csv", files={"file": ("data.csv", b"a,b\n")})
+    assert response.status_code == 400
+    assert "POST" in response.json()["error"]["message"]
+
+
+def test_put_form_type_is_replaced_by_guess(api: Api) -> None:
+    response = api.client.put(f"{api.prefix}/files/data.csv", content=b"a,b\n1,2\n",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 201
+    assert response.json()["content_type"] == "text/csv"
