@@ -19,7 +19,7 @@ from .config import option_names
 from .errors import ApiError, bad_request, not_found
 from .events import Event, EventHub
 from .layout import DataLayout, list_outputs
-from .pool import WorkerPool
+from .pool import PoolNotRunning, WorkerPool
 from .sessions import Record, Session, SessionStore, new_id
 from .workers.registry import JobKind
 from .workers.runner import run_job
@@ -38,6 +38,9 @@ TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, "timed_out", INTERRUP
 # on different channels, and the final state must not overtake the job's last progress event.
 END_MARKER_TIMEOUT_S = 2.0
 RETRY_AFTER_S = 1
+# Times a job is offered to the pool when submitting fails because the pool broke while idle.
+SUBMIT_ATTEMPTS = 3
+MAX_REBUILD_DELAY_S = 5.0
 
 
 class JobRequest(BaseModel):
@@ -87,6 +90,8 @@ class JobService:
         self._healing: asyncio.Task[None] | None = None
         self.accepting = True
         self.stopping = False
+        # Set when the Manager is gone: no more events arrive, so nobody waits for them.
+        self.events_lost = False
 
     @property
     def queued_count(self) -> int:
@@ -235,9 +240,13 @@ class JobService:
         try:
             outcome = await self._execute(job_id)
             record = self._store.jobs.get(job_id)
+            outputs: list[dict[str, Any]] = []
             if record is not None:
                 layout = self._layout.job_dir(record["session_id"], job_id)
                 outputs = await asyncio.to_thread(list_outputs, layout)
+                # The session may have been deleted while the outputs were listed.
+                record = self._store.jobs.get(job_id)
+            if record is not None:
                 self._finish(record, outcome, outputs)
         except Exception:
             logger.exception("job=%s internal error while running", job_id)
@@ -250,9 +259,12 @@ class JobService:
             self._dispatch()
 
     async def _execute(self, job_id: str) -> dict[str, Any]:
-        record = self._store.jobs[job_id]
         if self._healing is not None:
             await self._healing
+        record = self._store.jobs.get(job_id)
+        if record is None:
+            # The session was deleted before the job reached a worker.
+            return {"status": CANCELLED}
         spec = {
             "job_id": job_id,
             "session_id": record["session_id"],
@@ -269,9 +281,23 @@ class JobService:
             self._ended.pop(job_id, None)
 
     async def _submit(self, record: Record, spec: dict[str, Any], ended: asyncio.Event) -> dict[str, Any]:
-        generation = self._pool.generation
+        for _ in range(SUBMIT_ATTEMPTS):
+            generation = self._pool.generation
+            try:
+                future = self._pool.submit(run_job, spec)
+                break
+            except (BrokenProcessPool, PoolNotRunning):
+                # An idle worker died, or the pool is being rebuilt: this job never ran, so it waits
+                # for the new pool instead of failing.
+                self._heal(generation)
+                if self._healing is not None:
+                    await self._healing
+        else:
+            return {"status": FAILED, "error": {
+                "type": "WorkerCrashed", "message": "no worker pool could be started; see the server log"}}
+
         try:
-            outcome = await self._pool.submit(run_job, spec)
+            outcome = await future
         except BrokenProcessPool:
             self._heal(generation)
             if self.stopping:
@@ -281,6 +307,8 @@ class JobService:
             return {"status": FAILED, "error": {
                 "type": "WorkerCrashed", "message": "a worker process exited while this job ran"}}
 
+        if self.events_lost:
+            return outcome
         # The result often overtakes the job's last events, which travel through the Manager queue.
         try:
             await asyncio.wait_for(ended.wait(), END_MARKER_TIMEOUT_S)
@@ -295,8 +323,18 @@ class JobService:
             self._healing = asyncio.create_task(self._rebuild())
 
     async def _rebuild(self) -> None:
+        """Rebuild the pool, retrying with a growing delay while new workers die during start-up."""
+        delay = 0.1
         try:
-            await self._pool.rebuild()
+            while not self.stopping:
+                try:
+                    await self._pool.rebuild()
+                    return
+                except (BrokenProcessPool, OSError) as error:
+                    logger.error("rebuilding the worker pool failed (%s: %s); retrying in %.1f s",
+                                 type(error).__name__, error, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_REBUILD_DELAY_S)
         finally:
             self._healing = None
             self._dispatch()

@@ -94,7 +94,8 @@ async def healthz() -> Response:
 @api.get("/readyz")
 async def readyz() -> Response:
     runtime = get_runtime()
-    body: dict[str, Any] = {"ready": runtime.ready and not runtime.stopping.is_set()}
+    pool_running = runtime.pool is not None and runtime.pool.running
+    body: dict[str, Any] = {"ready": runtime.ready and pool_running and not runtime.stopping.is_set()}
     if runtime.pool is not None and runtime.jobs is not None:
         body.update(workers=runtime.pool.size, worker_restarts=runtime.pool.restarts,
                     queued=runtime.jobs.queued_count, running=runtime.jobs.running_count,
@@ -261,6 +262,8 @@ async def create_job(session_id: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
     payload = await read_json()
+    # The session may have been deleted or expired while the body arrived.
+    session = authenticate(runtime, session_id)
     assert runtime.jobs is not None
     record = runtime.jobs.create(session, payload)
     return json_response(public_job(record), 202)

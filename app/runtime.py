@@ -135,6 +135,8 @@ class Runtime:
 
     def _manager_lost(self) -> None:
         self.ready = False
+        if self.jobs is not None:
+            self.jobs.events_lost = True
 
     def begin_shutdown(self) -> None:
         """Stop accepting uploads and jobs; safe to call more than once."""

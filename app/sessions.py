@@ -136,7 +136,11 @@ class SessionStore:
         """Store a new or changed job record; the caller passes a whole new dict, never a mutated one."""
         job_id = record["job_id"]
         if job_id not in self.jobs:
-            self.sessions[record["session_id"]].job_ids.append(job_id)
+            session = self.sessions.get(record["session_id"])
+            if session is None:
+                # The session was deleted; its jobs are forgotten with it.
+                return
+            session.job_ids.append(job_id)
         self.jobs[job_id] = record
         self._queue_write(self.shared_jobs, job_id, record)
 

@@ -7,6 +7,7 @@ import json
 import time
 
 import httpx
+import psutil
 import websockets
 
 from .conftest import Api, Server
@@ -158,3 +159,49 @@ def test_killed_worker_fails_job_and_pool_heals(api: Api, server: Server) -> Non
     while time.monotonic() < deadline and len(old_pids & {process.pid for process in server.child_processes()}) > 1:
         time.sleep(0.1)
     assert len(old_pids & {process.pid for process in server.child_processes()}) == 1
+
+
+def spawned_children(server: Server) -> dict[int, psutil.Process]:
+    return {process.pid: process for process in server.child_processes()
+            if "spawn_main" in " ".join(process.cmdline())}
+
+
+def test_idle_worker_death_does_not_fail_next_job(server_factory: object) -> None:
+    server = server_factory()
+    api = Api(server)
+    manager_and_workers = spawned_children(server)
+    # The Manager started first, so it has the lowest pid of the spawned children on Linux; killing
+    # any worker is the point, so take the newest.
+    max(manager_and_workers.values(), key=lambda process: process.create_time()).kill()
+    time.sleep(1)
+    record = api.wait_job(api.start("spin", [], seconds=0)["job_id"])
+    assert record["state"] == "succeeded", record
+
+
+def test_pool_recovers_when_new_workers_die(server_factory: object) -> None:
+    server = server_factory()
+    api = Api(server)
+    original = spawned_children(server)
+    manager = min(original.values(), key=lambda process: process.create_time())
+    job = api.start("spin", [], seconds=60)
+    api.wait_job(job["job_id"], states=frozenset({"running"}))
+
+    # Kill every worker for 3 s, including the ones each rebuild starts.
+    deadline = time.monotonic() + 3
+    killed = 0
+    while time.monotonic() < deadline:
+        for pid, process in spawned_children(server).items():
+            if pid != manager.pid:
+                try:
+                    process.kill()
+                    killed += 1
+                except psutil.NoSuchProcess:
+                    pass
+        time.sleep(0.02)
+    assert killed > 2
+
+    assert api.wait_job(job["job_id"])["state"] == "failed"
+    record = api.wait_job(api.start("spin", [], seconds=0)["job_id"], timeout=30)
+    assert record["state"] == "succeeded", server.log()[-3000:]
+    assert httpx.get(server.url + "/readyz").status_code == 200
+    assert "Task exception was never retrieved" not in server.log()
