@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 
+# Seconds a closed subscriber's client gets to read the last events before it is dropped.
+CLOSE_SEND_GRACE_S = 1.0
+
 
 class Subscriber:
     """One client's pending events: ordered, with unsent progress of a job merged so the latest wins."""
@@ -29,6 +32,11 @@ class Subscriber:
         self.limit = limit
         self.overflowed = False
         self.closed = False
+        self.close_code = 1000
+        self.close_reason = ""
+        # The timeout around the sender's current send, so a client that stops reading can be
+        # dropped at once when it overflows or the server closes it.
+        self.send_guard: asyncio.Timeout | None = None
         self._pending: dict[int, Event] = {}
         self._pending_progress: dict[str, int] = {}
         self._wakeup = asyncio.Event()
@@ -43,14 +51,22 @@ class Subscriber:
                 del self._pending[previous]
             self._pending_progress[event["job_id"]] = event["seq"]
         self._pending[event["seq"]] = event
-        if len(self._pending) > self.limit:
+        if len(self._pending) > self.limit and not self.overflowed:
             self.overflowed = True
+            self._interrupt_send()
         self._wakeup.set()
 
-    def close(self) -> None:
-        """Wake the client's sender so it closes the connection."""
+    def close(self, code: int, reason: str) -> None:
+        """Tell the client's sender to close the connection after the pending events."""
         self.closed = True
+        self.close_code = code
+        self.close_reason = reason
+        self._interrupt_send(CLOSE_SEND_GRACE_S)
         self._wakeup.set()
+
+    def _interrupt_send(self, delay: float = 0.0) -> None:
+        if self.send_guard is not None:
+            self.send_guard.reschedule(asyncio.get_running_loop().time() + delay)
 
     async def next_batch(self) -> list[Event]:
         """Wait for pending events and take them all, oldest first; return early once closed."""
@@ -97,10 +113,14 @@ class EventHub:
             if not subscribers:
                 del self._subscribers[subscriber.session_id]
 
-    def close_all(self) -> None:
+    def close_all(self, code: int, reason: str) -> None:
         for subscribers in self._subscribers.values():
             for subscriber in subscribers:
-                subscriber.close()
+                subscriber.close(code, reason)
+
+    def close_session(self, session_id: str, code: int, reason: str) -> None:
+        for subscriber in self._subscribers.get(session_id, ()):
+            subscriber.close(code, reason)
 
     def events_after(self, session_id: str, after: int, job_id: str | None) -> list[Event] | None:
         """Return the events newer than ``after``, or None if the backlog no longer reaches back that far."""

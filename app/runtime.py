@@ -37,6 +37,10 @@ DAEMONIC_MESSAGE = (
     "with 'hypercorn --workers 0 app.main:app', or with a Hypercorn config file that sets "
     "'daemon = false' and 'workers = 1'."
 )
+# Websocket close codes (RFC 6455, section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
 # Seconds allowed for the Manager and helper threads to stop.
 TEARDOWN_TIMEOUT_S = 3.0
 
@@ -169,7 +173,7 @@ class Runtime:
             await self.pool.stop()
         if self.jobs is not None:
             await self.jobs.wait_finished(TEARDOWN_TIMEOUT_S)
-        self.hub.close_all()
+        self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
 
     async def stop(self) -> None:
         """Finish the jobs, then stop the Manager and the helper threads and release the data directory."""
@@ -208,6 +212,7 @@ class Runtime:
             return
         running = self.jobs.cancel_session(session)
         self.store.remove_session(session_id)
+        self.hub.close_session(session_id, CLOSE_NORMAL, "session ended")
         self.hub.drop_session(session_id)
         task = asyncio.create_task(self._remove_session_files(session_id, running))
         self._background.add(task)

@@ -7,6 +7,7 @@ missed instead of a snapshot, as long as the session's backlog still holds them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -15,18 +16,15 @@ from urllib.parse import urlsplit
 from quart import Blueprint, websocket
 
 from .errors import ApiError, bad_request
-from .events import Event, Subscriber
+from .events import CLOSE_SEND_GRACE_S, Event, Subscriber
 from .jobs import TERMINAL_STATES, public_job
 from .routes import authenticate, ready_runtime
-from .runtime import Runtime
+from .runtime import CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, Runtime
 
 logger = logging.getLogger(__name__)
 
 streams = Blueprint("streams", __name__)
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_TRY_AGAIN_LATER = 1013
 
 
 @streams.websocket("/api/sessions/<session_id>/ws")
@@ -69,19 +67,30 @@ async def _stream(session_id: str, job_id: str | None) -> None:
 
     subscriber = Subscriber(session_id, job_id, runtime.settings.ws_send_queue)
     runtime.hub.subscribe(subscriber)
+    reader: asyncio.Task[None] | None = None
     try:
         # Nothing may await between subscribing and reading the backlog, or events would be lost or doubled.
         floor = runtime.hub.last_seq(session_id)
         first = _first_events(runtime, session_id, job_id, after)
         finished = job_id is not None and _job_finished(runtime, job_id)
         await websocket.accept()
-        await _send_all(first)
+        reader = asyncio.create_task(_discard_incoming())
+        if not await _send_guarded(subscriber, first):
+            return
         if finished:
             await websocket.close(CLOSE_NORMAL, "job finished")
         else:
             await _relay(subscriber, floor)
     finally:
         runtime.hub.unsubscribe(subscriber)
+        if reader is not None:
+            reader.cancel()
+
+
+async def _discard_incoming() -> None:
+    """Read and drop what the client sends, so Quart does not queue it without bound."""
+    while True:
+        await websocket.receive()
 
 
 def _first_events(runtime: Runtime, session_id: str, job_id: str | None, after: int | None) -> list[Event]:
@@ -106,20 +115,45 @@ async def _relay(subscriber: Subscriber, floor: int) -> None:
     while True:
         batch = await subscriber.next_batch()
         if subscriber.overflowed:
-            logger.warning("session=%s websocket client fell %d events behind; disconnected",
-                           subscriber.session_id, subscriber.limit)
-            await websocket.close(CLOSE_TRY_AGAIN_LATER, "client too slow; reconnect with ?after=SEQ")
+            await _drop_slow(subscriber)
             return
         batch = [event for event in batch if event["seq"] > floor]
-        await _send_all(batch)
+        if not await _send_guarded(subscriber, batch):
+            return
         if subscriber.job_id is not None and any(_is_final(event) for event in batch):
             await websocket.close(CLOSE_NORMAL, "job finished")
             return
-        # The server closes subscribers only after publishing every job's final state, so the batch
-        # just sent held the last events.
+        # A subscriber is closed only after every event it must see was published, so the batch
+        # just sent held the last ones.
         if subscriber.closed:
-            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+            await websocket.close(subscriber.close_code, subscriber.close_reason)
             return
+
+
+async def _send_guarded(subscriber: Subscriber, events: list[Event]) -> bool:
+    """Send events unless the client stops reading; return False if the client was dropped."""
+    try:
+        async with asyncio.timeout(None) as guard:
+            subscriber.send_guard = guard
+            if subscriber.closed:
+                guard.reschedule(asyncio.get_running_loop().time() + CLOSE_SEND_GRACE_S)
+            await _send_all(events)
+    except TimeoutError:
+        await _drop_slow(subscriber)
+        return False
+    finally:
+        subscriber.send_guard = None
+    return True
+
+
+async def _drop_slow(subscriber: Subscriber) -> None:
+    logger.warning("session=%s websocket client fell more than %d events behind or stopped reading; "
+                   "disconnected", subscriber.session_id, subscriber.limit)
+    try:
+        async with asyncio.timeout(CLOSE_SEND_GRACE_S):
+            await websocket.close(CLOSE_TRY_AGAIN_LATER, "client too slow; reconnect with ?after=SEQ")
+    except TimeoutError:
+        pass
 
 
 def _is_final(event: Event) -> bool:
@@ -128,4 +162,4 @@ def _is_final(event: Event) -> bool:
 
 async def _send_all(events: list[dict[str, Any]]) -> None:
     for event in events:
-        await websocket.send(json.dumps(event))
+        await websocket.send(json.dumps(event, allow_nan=False))

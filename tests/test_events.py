@@ -73,7 +73,7 @@ async def test_close_wakes_subscriber() -> None:
     hub.subscribe(subscriber)
     waiter = asyncio.create_task(subscriber.next_batch())
     await asyncio.sleep(0)
-    hub.close_all()
+    hub.close_all(1001, "bye")
     assert await asyncio.wait_for(waiter, 1) == []
     assert subscriber.closed
     hub.unsubscribe(subscriber)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
 import time
 
 import httpx
 import psutil
+import pytest
 import websockets
 
 from .conftest import Api, Server
@@ -205,3 +209,63 @@ def test_pool_recovers_when_new_workers_die(server_factory: object) -> None:
     assert record["state"] == "succeeded", server.log()[-3000:]
     assert httpx.get(server.url + "/readyz").status_code == 200
     assert "Task exception was never retrieved" not in server.log()
+
+
+def open_silent_websocket(server: Server, path: str) -> socket.socket:
+    """Complete a websocket handshake, then never read again, like a stalled client."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def test_stalled_websocket_client_is_dropped(server_factory: object) -> None:
+    server = server_factory("--ws-send-queue", "50")
+    api = Api(server)
+    sock = open_silent_websocket(server, f"{api.prefix}/ws?token={api.token}")
+    try:
+        assert subscribers(server) == 1
+        # Each job's events carry its 100 kB message, so the socket buffers fill and sends stall.
+        jobs = [api.start("fail", [], message="x" * 100_000) for _ in range(60)]
+        for job in jobs:
+            api.wait_job(job["job_id"])
+        deadline = time.monotonic() + 10
+        while subscribers(server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert subscribers(server) == 0
+        assert "stopped reading; disconnected" in server.log()
+
+        started = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - started < 8
+    finally:
+        sock.close()
+
+
+async def test_deleting_session_closes_its_websockets(api: Api) -> None:
+    async with websockets.connect(api.ws_url()) as ws:
+        await ws.recv()
+        assert api.client.delete(api.prefix).status_code == 204
+        with pytest.raises(websockets.ConnectionClosedOK):
+            await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code == 1000
+    assert ws.close_reason == "session ended"
+
+
+async def test_client_messages_do_not_grow_memory(api: Api, server: Server) -> None:
+    process = psutil.Process(server.process.pid)
+    before = process.memory_info().rss
+    async with websockets.connect(api.ws_url(), max_size=None) as ws:
+        await ws.recv()
+        for _ in range(200):
+            await ws.send(b"x" * (1024 * 1024))
+        await asyncio.sleep(0.5)
+        growth = process.memory_info().rss - before
+    assert growth < 64 * 1024 * 1024, f"server grew by {growth / 1024 / 1024:.0f} MiB"
