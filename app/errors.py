@@ -10,6 +10,18 @@ from werkzeug.exceptions import HTTPException
 logger = logging.getLogger(__name__)
 
 
+# Characters of a client-supplied value quoted in a message, so large inputs cannot flood the log.
+MAX_QUOTED_CHARS = 80
+
+
+def quoted(value: object) -> str:
+    """Return ``repr(value)``, shortened to about 80 characters."""
+    text = repr(value)
+    if len(text) > MAX_QUOTED_CHARS:
+        text = f"{text[:MAX_QUOTED_CHARS]}... ({len(text)} characters)"
+    return text
+
+
 class ApiError(Exception):
     """An error with an HTTP status, a stable machine-readable code and a message for people."""
 
@@ -26,7 +38,7 @@ def bad_request(message: str) -> ApiError:
 
 
 def not_found(resource: str, value: str) -> ApiError:
-    return ApiError(404, "not_found", f"{resource} {value!r} not found")
+    return ApiError(404, "not_found", f"{resource} {quoted(value)} not found")
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:

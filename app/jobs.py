@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import option_names
-from .errors import ApiError, bad_request, not_found
+from .errors import ApiError, bad_request, not_found, quoted
 from .events import Event, EventHub
 from .layout import DataLayout, list_outputs
 from .pool import PoolNotRunning, WorkerPool
@@ -46,7 +46,7 @@ MAX_REBUILD_DELAY_S = 5.0
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(description="job kind, one of GET /api/job-kinds")
+    kind: str = Field(max_length=100, description="job kind, one of GET /api/job-kinds")
     inputs: list[str] = Field(default_factory=list, description="file ids of this session")
     params: dict[str, Any] = Field(default_factory=dict, description="parameters of the kind")
 
@@ -63,7 +63,7 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], pr
         else:
             message = f"{field or 'body'}: {item['msg']}"
             if item["type"] != "missing" and not isinstance(item.get("input"), (dict, list)):
-                message += f" (got {item['input']!r})"
+                message += f" (got {quoted(item['input'])})"
         messages.append(message)
     return "; ".join(messages)
 
@@ -113,7 +113,7 @@ class JobService:
 
         kind = self._kinds.get(request.kind)
         if kind is None:
-            raise bad_request(f"kind: unknown job kind {request.kind!r}; use one of {sorted(self._kinds)}")
+            raise bad_request(f"kind: unknown job kind {quoted(request.kind)}; use one of {sorted(self._kinds)}")
         self._check_inputs(session, kind, request.inputs)
         try:
             params = kind.params.model_validate(request.params)
@@ -183,7 +183,7 @@ class JobService:
     def cancel(self, session: Session, job_id: str) -> Record:
         record = self.get(session, job_id)
         if record["state"] in TERMINAL_STATES:
-            raise ApiError(409, "conflict", f"job {job_id!r} is already {record['state']}")
+            raise ApiError(409, "conflict", f"job {quoted(job_id)} is already {record['state']}")
 
         if record["state"] == QUEUED:
             self._queued.remove(job_id)

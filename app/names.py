@@ -14,15 +14,19 @@ MAX_NAME_BYTES = 255
 DEFAULT_NAME = "upload"
 
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
+# Bidirectional controls can make "exe.txt" display as "txt.exe".
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def clean_name(name: str) -> str:
     """Return the base name of ``name`` in NFC, without control characters, at most 255 UTF-8 bytes.
 
+    Control characters include the bidirectional overrides, which can disguise an extension.
+
     ``../x``, ``..\\x``, ``/etc/x`` and ``C:\\x`` all become ``x``; an empty result becomes ``upload``.
     """
     name = unicodedata.normalize("NFC", name)
-    name = "".join(char for char in name if unicodedata.category(char) != "Cc")
+    name = "".join(char for char in name if unicodedata.category(char) != "Cc" and char not in _BIDI_CONTROLS)
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = _DRIVE_RE.sub("", name).strip()
     if name in ("", ".", ".."):

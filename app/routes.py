@@ -65,7 +65,8 @@ def authenticate(runtime: Runtime, session_id: str) -> Session:
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data), status=status, mimetype="application/json")
+    # NaN and Infinity are not JSON; refusing them here turns a bug into a logged error.
+    return Response(json.dumps(data, allow_nan=False), status=status, mimetype="application/json")
 
 
 async def read_json() -> Any:
@@ -81,6 +82,8 @@ async def read_json() -> Any:
         return json.loads(data or b"{}")
     except ValueError as error:
         raise bad_request(f"invalid JSON body: {error}") from None
+    except RecursionError:
+        raise bad_request("invalid JSON body: nested too deeply") from None
 
 
 # Health

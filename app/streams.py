@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, websocket
 
-from .errors import ApiError, bad_request
+from .errors import ApiError, bad_request, quoted
 from .events import CLOSE_SEND_GRACE_S, Event, Subscriber
 from .jobs import TERMINAL_STATES, public_job
 from .routes import authenticate, ready_runtime
@@ -43,16 +43,16 @@ def _check_origin() -> None:
     if origin is None:
         return
     if urlsplit(origin).netloc.lower() != websocket.host.lower():
-        raise ApiError(403, "forbidden_origin", f"websocket Origin {origin!r} does not match host "
-                       f"{websocket.host!r}")
+        raise ApiError(403, "forbidden_origin", f"websocket Origin {quoted(origin)} does not match host "
+                       f"{quoted(websocket.host)}")
 
 
 def _after() -> int | None:
     text = websocket.args.get("after")
     if text is None:
         return None
-    if not text.isdigit():
-        raise bad_request(f"after: invalid sequence number {text!r}; use a whole number from an event's seq")
+    if not (text.isascii() and text.isdigit()):
+        raise bad_request(f"after: invalid sequence number {quoted(text)}; use a whole number from an event's seq")
     return int(text)
 
 

@@ -20,7 +20,7 @@ from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from .config import option_names
-from .errors import ApiError, bad_request
+from .errors import ApiError, bad_request, quoted
 
 # Bytes gathered before one write; each write is a hop to a worker thread, so small network
 # chunks are batched.
@@ -123,7 +123,7 @@ async def store_body(body: AsyncIterable[bytes], path: Path, limit: int) -> tupl
 def multipart_boundary(content_type: str) -> bytes:
     mimetype, options = parse_options_header(content_type)
     if mimetype != "multipart/form-data":
-        raise bad_request(f"invalid Content-Type {content_type!r}: use multipart/form-data with a "
+        raise bad_request(f"invalid Content-Type {quoted(content_type)}: use multipart/form-data with a "
                           f"{FILE_FIELD!r} field, or PUT the raw body to /files/NAME")
     boundary = options.get("boundary", "")
     if not boundary or len(boundary) > 70:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
 import pytest
 import websockets
@@ -153,3 +154,31 @@ def test_put_form_type_is_replaced_by_guess(api: Api) -> None:
                               headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert response.status_code == 201
     assert response.json()["content_type"] == "text/csv"
+
+
+def test_deeply_nested_json_is_400(api: Api) -> None:
+    response = api.client.post(f"{api.prefix}/jobs", content=b"[" * 100_000 + b"]" * 100_000,
+                               headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "nested" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("after", ["\u00b2", "\u0661\u0662", "1.5", "x"])
+async def test_websocket_non_ascii_after_is_400(api: Api, after: str) -> None:
+    with pytest.raises(websockets.InvalidStatus) as error:
+        async with websockets.connect(api.ws_url(after=quote(after))):
+            pass
+    assert error.value.response.status_code == 400
+
+
+def test_large_inputs_are_shortened_in_log(api: Api, server: Server) -> None:
+    before = len(server.log())
+    for _ in range(5):
+        response = api.client.post(f"{api.prefix}/jobs", json={"kind": "k" * 1_000_000, "inputs": []})
+        assert response.status_code == 400
+        assert len(response.text) < 1000
+    job = api.start("fail", [], message="m" * 1_000_000)
+    record = api.wait_job(job["job_id"])
+    assert record["state"] == "failed"
+    assert len(record["error"]["message"]) < 3000
+    assert len(server.log()) - before < 100_000

@@ -144,3 +144,12 @@ def test_detect_delimiter_tabs_and_pipes() -> None:
 def test_unknown_encoding_param(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown encoding 'klingon'"):
         profile(DATA / "airports.csv", tmp_path, encoding="klingon")
+
+
+def test_numbers_past_float_range_are_text(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    path.write_text("x,y\n1e999,1\n-1e999,2\n5,3\n" + "1" * 400 + ",4\n")
+    result = profile(path, tmp_path)
+    assert column(result, "x")["type"] == "string"
+    assert column(result, "x")["mean"] is None
+    assert column(result, "y")["type"] == "integer"

@@ -118,6 +118,11 @@ def test_upload_name_is_never_a_path(api: Api, server: Server) -> None:
     assert not (server.data_dir.parent / "escape.csv").exists()
 
 
+def test_bidi_override_removed_from_name(api: Api) -> None:
+    record = api.upload(DATA / "seattle-weather.csv", name="%E2%80%AEvsc.exe")
+    assert record["name"] == "vsc.exe"
+
+
 def test_delete_file(api: Api) -> None:
     record = api.upload(DATA / "seattle-weather.csv")
     assert api.client.delete(f"{api.prefix}/files/{record['file_id']}").status_code == 204

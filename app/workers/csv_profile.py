@@ -46,7 +46,8 @@ class CsvProfileParams(BaseModel):
         default=100_000, ge=1, le=10_000_000,
         description="distinct values counted exactly per column; past it, distinct and top are lower bounds",
     )
-    encoding: str | None = Field(default=None, description="text encoding; detected when omitted")
+    encoding: str | None = Field(default=None, max_length=40,
+                                 description="text encoding; detected when omitted")
     delimiter: str | None = Field(
         default=None, min_length=1, max_length=1, description="field delimiter; detected when omitted"
     )
@@ -99,10 +100,13 @@ class ColumnStats:
             else:
                 candidates.discard("integer")
         if "float" in candidates:
-            if FLOAT_RE.fullmatch(value):
-                self._add_number(float(value))
+            number = float(value) if FLOAT_RE.fullmatch(value) else math.nan
+            if math.isfinite(number):
+                self._add_number(number)
             else:
+                # Past the float range ("1e999", a 400-digit id) a value is text, not a number.
                 candidates.discard("float")
+                candidates.discard("integer")
         if "date" in candidates:
             self._add_temporal("date", value, DATE_RE, date.fromisoformat)
         if "datetime" in candidates:

@@ -25,6 +25,10 @@ from .registry import builtin_modules, find_kind, load_kinds
 _events: queue.Queue[dict[str, Any]] | None = None
 _cancel_flags: MutableMapping[str, bool] | None = None
 
+# A job's error message and traceback are stored and logged; past these sizes they are cut.
+MAX_ERROR_MESSAGE_CHARS = 2000
+MAX_TRACEBACK_CHARS = 20000
+
 # Signals a terminal, a console or a service manager may send to a whole process group. The server
 # alone decides when its children stop: in a worker, a ``KeyboardInterrupt`` would travel back to the
 # server as the job's exception, and the Manager must outlive the server's graceful shutdown.
@@ -105,7 +109,13 @@ def _execute(context: JobContext, spec: dict[str, Any]) -> dict[str, Any]:
     except Exception as error:
         return {
             "status": "failed",
-            "error": {"type": type(error).__name__, "message": str(error)},
-            "traceback": traceback.format_exc(),
+            "error": {"type": type(error).__name__, "message": _shorten(str(error), MAX_ERROR_MESSAGE_CHARS)},
+            "traceback": _shorten(traceback.format_exc(), MAX_TRACEBACK_CHARS),
         }
     return {"status": "succeeded", "result": result}
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
