@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from .workers.runner import init_worker, warm_up
+from .workers.runner import init_worker, sigint_blocked, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         # The executor starts one process per submitted call while none is idle, so ``size`` calls
         # submitted together start every worker now rather than on the first jobs.
-        warm_ups = [loop.run_in_executor(executor, warm_up, self._extra_modules) for _ in range(self.size)]
+        with sigint_blocked():
+            warm_ups = [loop.run_in_executor(executor, warm_up, self._extra_modules) for _ in range(self.size)]
         try:
             await asyncio.gather(*warm_ups)
         except BaseException:

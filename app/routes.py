@@ -166,7 +166,7 @@ async def put_file(session_id: str, name: str) -> tuple[Response, int]:
     file_id = new_id()
     directory = runtime.layout.files_dir(session_id)
     await _make_dir(directory)
-    size, sha256 = await store_body(request.body, directory / file_id, limit)
+    size, sha256 = await store_body(request.body, directory / file_id, limit, runtime.stopping)
     # curl --data-binary sends this type by default; it never describes a stored file.
     if not content_type or content_type == "application/x-www-form-urlencoded":
         content_type = _guess_type(name)
@@ -183,7 +183,7 @@ async def post_files(session_id: str) -> tuple[Response, int]:
     await _make_dir(directory)
 
     uploads = await store_multipart(request.body, boundary, lambda: directory / new_id(),
-                                    runtime.settings.max_upload_bytes)
+                                    runtime.settings.max_upload_bytes, runtime.stopping)
     records = []
     for upload in uploads:
         name = clean_name(upload.name)

@@ -26,7 +26,7 @@ from .layout import DataLayout
 from .pool import WorkerPool
 from .sessions import SessionStore
 from .workers.registry import JobKind, KindError, discover_kinds
-from .workers.runner import init_manager
+from .workers.runner import init_manager, sigint_blocked
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +122,9 @@ class Runtime:
             raise StartupError(f"{error}. A module given to {option_names('extra_kinds')} must be importable "
                                f"from the working directory {os.getcwd()!r} or from PYTHONPATH") from None
         context = multiprocessing.get_context(self.settings.start_method)
-        self.manager = SyncManager(ctx=context)
-        await asyncio.to_thread(self.manager.start, init_manager)
+        manager = SyncManager(ctx=context)
+        await asyncio.to_thread(_start_manager, manager)
+        self.manager = manager
         self.store = await asyncio.to_thread(SessionStore, self.manager)
         self._events = await asyncio.to_thread(self.manager.Queue)
         self.store.start()
@@ -245,6 +246,11 @@ class Runtime:
             for session_id in self.store.expired_sessions(time.time()):
                 logger.info("session=%s expired after %.0f s idle", session_id, self.settings.session_idle_s)
                 self.delete_session(session_id)
+
+
+def _start_manager(manager: SyncManager) -> None:
+    with sigint_blocked():
+        manager.start(init_manager)
 
 
 def _remove(path: Path) -> None:

@@ -76,12 +76,20 @@ class FileSink:
         self.partial.unlink(missing_ok=True)
 
 
-class BatchedWriter:
-    """Collects chunks and writes them to a ``FileSink`` in batches, off the event loop."""
+def shutting_down() -> ApiError:
+    return ApiError(503, "shutting_down", "server is shutting down; upload again once it is back")
 
-    def __init__(self, sink: FileSink, limit: int) -> None:
+
+class BatchedWriter:
+    """Collects chunks and writes them to a ``FileSink`` in batches, off the event loop.
+
+    ``stopping`` is the server's shutdown event: an upload still arriving then ends with 503.
+    """
+
+    def __init__(self, sink: FileSink, limit: int, stopping: asyncio.Event) -> None:
         self.sink = sink
         self.limit = limit
+        self.stopping = stopping
         self.received = 0
         self._batch = bytearray()
 
@@ -89,6 +97,8 @@ class BatchedWriter:
         self.received += len(chunk)
         if self.received > self.limit:
             raise too_large(self.limit)
+        if self.stopping.is_set():
+            raise shutting_down()
         self._batch += chunk
         if len(self._batch) >= WRITE_BATCH_BYTES:
             await self.flush()
@@ -107,9 +117,10 @@ class BatchedWriter:
         await asyncio.to_thread(self.sink.discard)
 
 
-async def store_body(body: AsyncIterable[bytes], path: Path, limit: int) -> tuple[int, str]:
+async def store_body(body: AsyncIterable[bytes], path: Path, limit: int,
+                     stopping: asyncio.Event) -> tuple[int, str]:
     """Stream a raw request body to ``path``; return its size and SHA-256 hex digest."""
-    writer = BatchedWriter(await asyncio.to_thread(FileSink, path), limit)
+    writer = BatchedWriter(await asyncio.to_thread(FileSink, path), limit, stopping)
     try:
         async for chunk in body:
             await writer.write(chunk)
@@ -132,14 +143,14 @@ def multipart_boundary(content_type: str) -> bytes:
 
 
 async def store_multipart(body: AsyncIterable[bytes], boundary: bytes, new_path: Callable[[], Path],
-                          limit: int) -> list[StoredUpload]:
+                          limit: int, stopping: asyncio.Event) -> list[StoredUpload]:
     """Stream every ``file`` part of a multipart body to a new path; return what was stored.
 
     ``new_path`` returns a fresh path for each file part. On any error every file of the request,
     finished or partial, is removed.
     """
     form = _MultipartForm(MultipartDecoder(boundary, MAX_FORM_MEMORY_BYTES, max_parts=MAX_FORM_PARTS),
-                          new_path, limit)
+                          new_path, limit, stopping)
     try:
         async for piece in _pieces(body):
             form.decoder.receive_data(piece)
@@ -171,10 +182,12 @@ async def _pieces(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 class _MultipartForm:
     """The files of one multipart request: those stored so far and the one being written."""
 
-    def __init__(self, decoder: MultipartDecoder, new_path: Callable[[], Path], limit: int) -> None:
+    def __init__(self, decoder: MultipartDecoder, new_path: Callable[[], Path], limit: int,
+                 stopping: asyncio.Event) -> None:
         self.decoder = decoder
         self.new_path = new_path
         self.limit = limit
+        self.stopping = stopping
         self.stored: list[StoredUpload] = []
         self.current: tuple[BatchedWriter, str, str] | None = None
 
@@ -186,7 +199,8 @@ class _MultipartForm:
                 return
             if isinstance(event, File) and event.name == FILE_FIELD:
                 sink = await asyncio.to_thread(FileSink, self.new_path())
-                self.current = (BatchedWriter(sink, self.limit), event.filename, _part_type(event.headers))
+                self.current = (BatchedWriter(sink, self.limit, self.stopping), event.filename,
+                                _part_type(event.headers))
             elif isinstance(event, Field) and event.name == FILE_FIELD:
                 raise ValueError(f"part {FILE_FIELD!r} has no filename; send it as a file")
             elif isinstance(event, Data) and self.current is not None:

@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -160,3 +162,45 @@ async def test_websocket_sees_final_states_then_1001(server_factory: object) -> 
     assert final == {job["job_id"]: "interrupted" for job in [*running, queued]}
     assert close_code == 1001
     assert server.process.wait(10) == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals; Windows uses CTRL_BREAK_EVENT")
+def test_upload_in_progress_at_shutdown_gets_503(server_factory: object) -> None:
+    server = server_factory()
+    api = Api(server)
+    responses: list[httpx.Response] = []
+
+    def slow_body() -> Iterator[bytes]:
+        for index in range(200):
+            if index == 5:
+                server.process.send_signal(signal.SIGTERM)
+            yield b"x" * 65536
+            time.sleep(0.02)
+
+    def upload() -> None:
+        responses.append(api.client.put(f"{api.prefix}/files/big.bin", content=slow_body()))
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    thread.join(30)
+    assert server.process.wait(15) == 0
+    assert responses[0].status_code == 503
+    assert responses[0].json()["error"]["code"] == "shutting_down"
+    leftovers = [path for path in server.data_dir.rglob("*") if path.is_file() and path.name != "offload.lock"]
+    assert leftovers == []
+    assert "CancelledError" not in server.log()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals; Windows uses CTRL_BREAK_EVENT")
+@pytest.mark.parametrize("children", [1, 3])
+def test_ctrl_c_during_startup_is_clean(server_factory: object, children: int) -> None:
+    """Ctrl+C while the Manager and the workers start; an interrupt during imports is Python's own."""
+    server = server_factory(wait=False)
+    deadline = time.monotonic() + 30
+    while len(server.child_processes()) < children and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(server.process.pid, signal.SIGINT)
+    code = server.process.wait(20)
+    log = server.log()
+    assert "Traceback" not in log, log
+    assert code in (0, 1), log

@@ -6,6 +6,7 @@ takes ids, paths, dicts and Manager proxies.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -13,7 +14,7 @@ import queue
 import signal
 import threading
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,29 @@ MAX_TRACEBACK_CHARS = 20000
 # alone decides when its children stop: in a worker, a ``KeyboardInterrupt`` would travel back to the
 # server as the job's exception, and the Manager must outlive the server's graceful shutdown.
 GROUP_SIGNALS = ("SIGINT", "SIGBREAK")
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in the calling thread while it spawns children, on POSIX.
+
+    A spawned child inherits the blocked mask, so a terminal's Ctrl+C during start-up cannot raise
+    ``KeyboardInterrupt`` in it before its initializer ignores SIGINT. The server loses nothing:
+    the kernel delivers the signal to one of its threads that does not block it.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    # Starting the resource tracker unblocks SIGINT in the calling thread afterwards (CPython 3.11,
+    # multiprocessing/resource_tracker.py), so it must already run before SIGINT is blocked.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def init_manager() -> None:
