@@ -90,7 +90,7 @@ class JobService:
         self._healing: asyncio.Task[None] | None = None
         self.accepting = True
         self.stopping = False
-        # Set when the Manager is gone: no more events arrive, so nobody waits for them.
+        # Set when the Manager is gone: no more events arrive, so jobs stop waiting for them.
         self.events_lost = False
 
     @property

@@ -106,8 +106,8 @@ class Runtime:
         self._lock = lock
 
     def _remove_stale_sessions(self) -> None:
-        # TODO: restore sessions from a journal instead; until then no token of an earlier run is
-        # known, so the files of its sessions can never be read again.
+        # TODO: restore sessions from a journal instead. Until then the tokens of an earlier run are
+        # lost, so the files of its sessions can never be read again.
         sessions = self.layout.root / "sessions"
         stale = [path for path in sessions.iterdir() if path.is_dir()] if sessions.is_dir() else []
         for path in stale:

@@ -2,7 +2,7 @@
 
 A stream starts with a ``snapshot`` of the current job records, then sends each event as one JSON
 text message, in ``seq`` order. A client that reconnects with ``?after=SEQ`` gets the events it
-missed instead of a snapshot, as long as the session's backlog still holds them.
+missed instead of a snapshot, as long as the session's backlog still contains them.
 """
 
 from __future__ import annotations

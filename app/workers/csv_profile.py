@@ -40,7 +40,7 @@ DATETIME_RE = re.compile(
 class CsvProfileParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    header: bool = Field(default=True, description="whether the first row holds the column names")
+    header: bool = Field(default=True, description="whether the first row contains the column names")
     top: int = Field(default=5, ge=0, le=100, description="most frequent values reported per column")
     max_distinct: int = Field(
         default=100_000, ge=1, le=10_000_000,

@@ -104,11 +104,12 @@ def warm_up(extra_modules: list[str]) -> int:
         load_kinds(module_name)
     return os.getpid()
 
+
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one job and return its outcome: ``{"status": ..., "result" | "error": ...}``.
 
     ``spec`` contains ``job_id``, ``session_id``, ``module``, ``kind``, ``params``, ``inputs`` (paths) and
-    ``output_dir``. The last event sent is ``{"type": "end"}``, so the server knows every progress
+    ``output_dir``. The last event sent is ``{"type": "end"}``, so the server can tell that every progress
     event of this job has arrived before it publishes the final state.
     """
     output_dir = Path(spec["output_dir"])
