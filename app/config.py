@@ -114,6 +114,32 @@ class Settings:
         default=10000,
         metadata=_option("events kept per session for clients that reconnect with ?after=SEQ"),
     )
+    job_timeout_s: float = field(
+        default=3600.0,
+        metadata=_option("seconds a job may run when neither its request nor its kind sets a limit"),
+    )
+    max_job_timeout_s: float = field(
+        default=86400.0,
+        metadata=_option("largest time limit in seconds a job may have; longer requests get 400"),
+    )
+    cancel_grace_s: float = field(
+        default=2.0,
+        metadata=_option("seconds a cancelled or timed-out job has to stop by itself before its worker "
+                         "is killed"),
+    )
+    crash_retries: int = field(
+        default=1,
+        metadata=_option("times a job that kills its worker is run again before it fails"),
+    )
+    max_jobs_per_worker: int = field(
+        default=0,
+        metadata=_option("jobs a worker runs before it is replaced; 0 for no limit"),
+    )
+    max_worker_rss_bytes: int = field(
+        default=0,
+        metadata=_option("resident memory in bytes past which a worker is killed during a job or "
+                         "replaced after one; 0 for no limit", kind="size"),
+    )
     job_grace_s: float = field(
         default=3.0,
         metadata=_option("seconds running jobs may go on after a shutdown signal before their workers "
@@ -151,7 +177,14 @@ class Settings:
                      "ws_send_queue", "event_backlog"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use at least 1")
-        for name in ("session_idle_s", "job_grace_s", "shutdown_timeout_s"):
+        for name in ("crash_retries", "max_jobs_per_worker", "max_worker_rss_bytes"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use 0 or more")
+        if self.job_timeout_s > self.max_job_timeout_s:
+            raise SettingsError(f"invalid {option_names('job_timeout_s')} {self.job_timeout_s!r}: use at most "
+                                f"{option_names('max_job_timeout_s')} ({self.max_job_timeout_s!r})")
+        for name in ("session_idle_s", "job_grace_s", "shutdown_timeout_s", "job_timeout_s", "max_job_timeout_s",
+                     "cancel_grace_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use a positive number")
         if self.shutdown_timeout_s < self.job_grace_s + SHUTDOWN_MARGIN_S:

@@ -1,7 +1,7 @@
-"""Jobs in the serving process: validation, the queue, dispatch to the pool, events and final states.
+"""Jobs in the serving process: the queue, dispatch to workers, limits, events and final states.
 
 The serving process owns every job record. Workers never write one: they send events, and this
-module turns events and pool results into new records.
+module turns events and worker results into new records.
 """
 
 from __future__ import annotations
@@ -11,16 +11,18 @@ import logging
 import time
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from .config import option_names
+from .config import Settings, option_names
 from .errors import ApiError, bad_request, not_found, quoted
 from .events import Event, EventHub
 from .layout import DataLayout, list_outputs
-from .pool import PoolNotRunning, WorkerPool
+from .pool import Worker, WorkerPool, describe_exit
 from .sessions import Record, Session, SessionStore, new_id
+from .validation import JobRequest, describe_validation_error
 from .workers.registry import JobKind
 from .workers.runner import run_job
 
@@ -31,67 +33,55 @@ RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
+TIMED_OUT = "timed_out"
 INTERRUPTED = "interrupted"
-TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, "timed_out", INTERRUPTED})
+TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, INTERRUPTED})
 
 # How long to wait for a job's last events after its result arrived. Events and results travel
 # on different channels, and the final state must not overtake the job's last progress event.
 END_MARKER_TIMEOUT_S = 2.0
 RETRY_AFTER_S = 1
-# Times a job is offered to the pool when submitting fails because the pool broke while idle.
-SUBMIT_ATTEMPTS = 3
-MAX_REBUILD_DELAY_S = 5.0
-
-
-class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = Field(max_length=100, description="job kind, one of GET /api/job-kinds")
-    inputs: list[str] = Field(default_factory=list, description="file ids of this session")
-    params: dict[str, Any] = Field(default_factory=dict, description="parameters of the kind")
-
-
-def describe_validation_error(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
-    """Turn a pydantic error into one line that names each invalid field and the value sent."""
-    messages = []
-    for item in error.errors():
-        field = prefix + ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden":
-            message = f"{field}: unknown field; use one of {sorted(model.model_fields)}"
-        elif item["type"] == "model_type":
-            message = f"{field or 'body'}: expected a JSON object"
-        else:
-            message = f"{field or 'body'}: {item['msg']}"
-            if item["type"] != "missing" and not isinstance(item.get("input"), (dict, list)):
-                message += f" (got {quoted(item['input'])})"
-        messages.append(message)
-    return "; ".join(messages)
+# Seconds between checks of the workers' memory and of idle workers that died.
+WATCH_INTERVAL_S = 0.25
 
 
 def public_job(record: Record) -> Record:
     return {key: value for key, value in record.items() if key != "session_id"}
 
 
+@dataclass
+class RunningJob:
+    """A job on a worker, with the reason it is being stopped, if it is."""
+
+    job_id: str
+    worker: Worker
+    task: asyncio.Task[None] | None = None
+    stop_reason: str | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+
 class JobService:
-    """Queues jobs, runs at most one per worker at a time, and records every state change."""
+    """Queues jobs, runs one per worker, enforces their limits, and records every state change."""
 
     def __init__(self, store: SessionStore, hub: EventHub, pool: WorkerPool, kinds: dict[str, JobKind],
-                 layout: DataLayout, max_queued: int, max_queued_per_session: int) -> None:
+                 layout: DataLayout, settings: Settings) -> None:
         self._store = store
         self._hub = hub
         self._pool = pool
         self._kinds = kinds
         self._layout = layout
-        self._max_queued = max_queued
-        self._max_queued_per_session = max_queued_per_session
+        self._settings = settings
         self._queued: deque[str] = deque()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, RunningJob] = {}
         self._ended: dict[str, asyncio.Event] = {}
-        self._healing: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.accepting = True
         self.stopping = False
         # Set when the Manager is gone: no more events arrive, so jobs stop waiting for them.
         self.events_lost = False
+
+    def start(self) -> None:
+        self._watcher = asyncio.create_task(self._watch_workers(), name="offload-worker-watch")
 
     @property
     def queued_count(self) -> int:
@@ -99,7 +89,7 @@ class JobService:
 
     @property
     def running_count(self) -> int:
-        return len(self._tasks)
+        return len(self._running)
 
     # Requests
 
@@ -119,16 +109,24 @@ class JobService:
             params = kind.params.model_validate(request.params)
         except ValidationError as error:
             raise bad_request(describe_validation_error(error, kind.params, prefix="params.")) from None
+        timeout_s = self._timeout(kind, request.timeout_s)
         self._check_queue(session)
 
-        record = self._new_record(session, kind, request.inputs, params.model_dump(mode="json"))
+        record = self._new_record(session, kind, request.inputs, params.model_dump(mode="json"), timeout_s)
         self._store.put_job(record)
         self._publish_state(record)
         self._queued.append(record["job_id"])
-        logger.info("session=%s job=%s queued: kind %s, inputs %s", session.session_id, record["job_id"],
-                    kind.name, request.inputs)
+        logger.info("session=%s job=%s queued: kind %s, inputs %s, time limit %.0f s", session.session_id,
+                    record["job_id"], kind.name, request.inputs, timeout_s)
         self._dispatch()
         return record
+
+    def _timeout(self, kind: JobKind, requested: float | None) -> float:
+        maximum = self._settings.max_job_timeout_s
+        if requested is not None and requested > maximum:
+            raise bad_request(f"timeout_s: {requested!r} is over the server maximum of {maximum} s "
+                              f"({option_names('max_job_timeout_s')})")
+        return min(requested or kind.timeout_s or self._settings.job_timeout_s, maximum)
 
     def _check_inputs(self, session: Session, kind: JobKind, inputs: list[str]) -> None:
         count = len(inputs)
@@ -147,16 +145,17 @@ class JobService:
 
     def _check_queue(self, session: Session) -> None:
         headers = {"Retry-After": str(RETRY_AFTER_S)}
-        if len(self._queued) >= self._max_queued:
+        if len(self._queued) >= self._settings.max_queued_jobs:
             raise ApiError(429, "too_many_jobs", f"{len(self._queued)} jobs are queued, the server maximum "
                            f"({option_names('max_queued_jobs')}); retry later", headers)
         queued_here = sum(1 for job_id in self._queued if self._store.jobs[job_id]["session_id"]
                           == session.session_id)
-        if queued_here >= self._max_queued_per_session:
+        if queued_here >= self._settings.max_queued_jobs_per_session:
             raise ApiError(429, "too_many_jobs", f"this session has {queued_here} queued jobs, the maximum "
                            f"({option_names('max_queued_jobs_per_session')}); retry later", headers)
 
-    def _new_record(self, session: Session, kind: JobKind, inputs: list[str], params: dict[str, Any]) -> Record:
+    def _new_record(self, session: Session, kind: JobKind, inputs: list[str], params: dict[str, Any],
+                    timeout_s: float) -> Record:
         return {
             "job_id": new_id(),
             "session_id": session.session_id,
@@ -164,6 +163,7 @@ class JobService:
             "state": QUEUED,
             "inputs": list(inputs),
             "params": params,
+            "timeout_s": timeout_s,
             "progress": {"done": 0, "total": None, "unit": "", "message": ""},
             "result": None,
             "error": None,
@@ -181,6 +181,7 @@ class JobService:
         return record
 
     def cancel(self, session: Session, job_id: str) -> Record:
+        """Cancel a job: a queued one at once, a running one by its flag, then by killing its worker."""
         record = self.get(session, job_id)
         if record["state"] in TERMINAL_STATES:
             raise ApiError(409, "conflict", f"job {quoted(job_id)} is already {record['state']}")
@@ -190,9 +191,7 @@ class JobService:
             logger.info("session=%s job=%s cancelled while queued", session.session_id, job_id)
             return self._set_state(record, CANCELLED, finished_at=time.time())
 
-        # TODO: terminate the worker when a running job ignores the flag past a grace period.
-        self._store.request_cancel(job_id)
-        logger.info("session=%s job=%s cancel requested while running", session.session_id, job_id)
+        self._stop_running(job_id, CANCELLED)
         return record
 
     def cancel_session(self, session: Session) -> list[asyncio.Task[None]]:
@@ -201,7 +200,58 @@ class JobService:
             record = self._store.jobs[job_id]
             if record["state"] not in TERMINAL_STATES:
                 self.cancel(session, job_id)
-        return [self._tasks[job_id] for job_id in session.job_ids if job_id in self._tasks]
+        return [running.task for job_id, running in self._running.items()
+                if job_id in session.job_ids and running.task is not None]
+
+    # Stopping running jobs
+
+    def _stop_running(self, job_id: str, reason: str) -> None:
+        """Ask a running job to stop; kill its worker if it still runs after the grace period."""
+        running = self._running.get(job_id)
+        if running is None or running.stop_reason is not None:
+            return
+        running.stop_reason = reason
+        self._store.request_cancel(job_id)
+        grace = self._settings.cancel_grace_s
+        logger.info("session=%s job=%s asked to stop (%s); its worker is killed after %.1f s",
+                    self._session_of(job_id), job_id, reason, grace)
+        loop = asyncio.get_running_loop()
+        running.timers.append(loop.call_later(grace, self._kill_worker, job_id))
+
+    def _kill_worker(self, job_id: str) -> None:
+        running = self._running.get(job_id)
+        if running is None or running.worker.job_id != job_id:
+            return
+        logger.warning("session=%s job=%s still running %.1f s after it was asked to stop; killing worker "
+                       "pid %s", self._session_of(job_id), job_id, self._settings.cancel_grace_s,
+                       running.worker.pid)
+        running.worker.kill(running.stop_reason or CANCELLED)
+
+    def _expire(self, job_id: str) -> None:
+        logger.warning("session=%s job=%s reached its time limit", self._session_of(job_id), job_id)
+        self._stop_running(job_id, TIMED_OUT)
+
+    def _session_of(self, job_id: str) -> str:
+        record = self._store.jobs.get(job_id)
+        return record["session_id"] if record is not None else "?"
+
+    async def _watch_workers(self) -> None:
+        """Kill workers over the memory limit, and replace idle workers that died."""
+        limit = self._settings.max_worker_rss_bytes
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            for running in list(self._running.values()):
+                if limit and running.stop_reason is None and running.worker.rss() > limit:
+                    logger.warning("session=%s job=%s worker pid %s is over %d bytes of memory; killing it",
+                                   self._session_of(running.job_id), running.job_id, running.worker.pid, limit)
+                    running.stop_reason = "memory"
+                    running.worker.kill("memory")
+            for worker in self._pool.idle_workers():
+                if worker.process is not None and not worker.process.is_alive():
+                    logger.error("idle worker pid %s exited with %s; replacing it", worker.pid,
+                                 describe_exit(worker.process.exitcode))
+                    self._pool.remove_idle(worker)
+                    self._pool.replace(worker, self._dispatch)
 
     # Worker events, delivered on the event loop by EventPump
 
@@ -216,9 +266,7 @@ class JobService:
         record = self._store.jobs.get(job_id)
         if record is None or record["state"] != RUNNING:
             return
-        if event["type"] == "started":
-            logger.debug("session=%s job=%s started in worker pid %s", record["session_id"], job_id, event["pid"])
-        elif event["type"] == "progress":
+        if event["type"] == "progress":
             self._store.put_job({**record, "progress": event["progress"]})
             self._hub.publish(record["session_id"],
                               {"job_id": job_id, "type": "progress", "progress": event["progress"]})
@@ -230,114 +278,164 @@ class JobService:
     # Dispatch
 
     def _dispatch(self) -> None:
-        while self._queued and len(self._tasks) < self._pool.size and not self.stopping:
+        while self._queued and not self.stopping:
+            worker = self._pool.take_idle()
+            if worker is None:
+                return
             job_id = self._queued.popleft()
             record = self._store.jobs[job_id]
+            worker.job_id = job_id
+            running = self._running[job_id] = RunningJob(job_id, worker)
             self._set_state(record, RUNNING, started_at=time.time(), attempts=record["attempts"] + 1)
-            self._tasks[job_id] = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
+            loop = asyncio.get_running_loop()
+            running.timers.append(loop.call_later(record["timeout_s"], self._expire, job_id))
+            running.task = asyncio.create_task(self._run(running), name=f"job-{job_id}")
 
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, running: RunningJob) -> None:
+        job_id = running.job_id
         try:
-            outcome = await self._execute(job_id)
-            record = self._store.jobs.get(job_id)
-            outputs: list[dict[str, Any]] = []
-            if record is not None:
-                layout = self._layout.job_dir(record["session_id"], job_id)
-                outputs = await asyncio.to_thread(list_outputs, layout)
-                # The session may have been deleted while the outputs were listed.
-                record = self._store.jobs.get(job_id)
-            if record is not None:
-                self._finish(record, outcome, outputs)
+            outcome = await self._execute(running)
+            await self._conclude(running, outcome)
         except Exception:
             logger.exception("job=%s internal error while running", job_id)
             record = self._store.jobs.get(job_id)
             if record is not None and record["state"] not in TERMINAL_STATES:
                 self._finish(record, {"status": FAILED, "error": {
                     "type": "InternalError", "message": "the server failed to run this job; see its log"}}, [])
+            self._pool.replace(running.worker, self._dispatch)
         finally:
-            self._tasks.pop(job_id, None)
+            for timer in running.timers:
+                timer.cancel()
+            self._running.pop(job_id, None)
+            self._store.clear_cancel(job_id)
             self._dispatch()
 
-    async def _execute(self, job_id: str) -> dict[str, Any]:
-        if self._healing is not None:
-            await self._healing
-        record = self._store.jobs.get(job_id)
+    async def _execute(self, running: RunningJob) -> dict[str, Any]:
+        record = self._store.jobs.get(running.job_id)
         if record is None:
-            # The session was deleted before the job reached a worker.
+            # The session was deleted before the job reached its worker.
             return {"status": CANCELLED}
         spec = {
-            "job_id": job_id,
+            "job_id": running.job_id,
             "session_id": record["session_id"],
             "module": self._kinds[record["kind"]].module,
             "kind": record["kind"],
             "params": record["params"],
             "inputs": [str(self._layout.file_path(record["session_id"], file_id)) for file_id in record["inputs"]],
-            "output_dir": str(self._layout.job_dir(record["session_id"], job_id)),
+            "output_dir": str(self._layout.job_dir(record["session_id"], running.job_id)),
         }
-        ended = self._ended[job_id] = asyncio.Event()
+        ended = self._ended[running.job_id] = asyncio.Event()
         try:
-            return await self._submit(record, spec, ended)
+            return await self._submit(running, spec, ended)
         finally:
-            self._ended.pop(job_id, None)
+            self._ended.pop(running.job_id, None)
 
-    async def _submit(self, record: Record, spec: dict[str, Any], ended: asyncio.Event) -> dict[str, Any]:
-        for _ in range(SUBMIT_ATTEMPTS):
-            generation = self._pool.generation
-            try:
-                future = self._pool.submit(run_job, spec)
-                break
-            except (BrokenProcessPool, PoolNotRunning):
-                # An idle worker died, or the pool is being rebuilt: this job never ran, so it waits
-                # for the new pool instead of failing.
-                self._heal(generation)
-                if self._healing is not None:
-                    await self._healing
-        else:
-            return {"status": FAILED, "error": {
-                "type": "WorkerCrashed", "message": "no worker pool could be started; see the server log"}}
-
+    async def _submit(self, running: RunningJob, spec: dict[str, Any], ended: asyncio.Event) -> dict[str, Any]:
+        try:
+            future = self._pool.run(running.worker, run_job, spec)
+        except BrokenProcessPool:
+            # The worker died while idle, before the watch noticed: this job never ran.
+            return {"status": "not_started"}
         try:
             outcome = await future
         except BrokenProcessPool:
-            self._heal(generation)
-            if self.stopping:
-                return {"status": INTERRUPTED, "error": {
-                    "type": "Interrupted", "message": "the server stopped while the job ran"}}
-            # TODO: retry jobs that were in flight when another job's worker died.
-            return {"status": FAILED, "error": {
-                "type": "WorkerCrashed", "message": "a worker process exited while this job ran"}}
+            return {"status": "crashed", "exit_code": await self._pool.exit_code(running.worker)}
 
-        if self.events_lost:
-            return outcome
-        # The result often overtakes the job's last events, which travel through the Manager queue.
-        try:
-            await asyncio.wait_for(ended.wait(), END_MARKER_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            logger.warning("session=%s job=%s last events did not arrive within %.1f s",
-                           record["session_id"], record["job_id"], END_MARKER_TIMEOUT_S)
+        if not self.events_lost:
+            # The result often overtakes the job's last events, which travel through the Manager queue.
+            try:
+                await asyncio.wait_for(ended.wait(), END_MARKER_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                logger.warning("session=%s job=%s last events did not arrive within %.1f s",
+                               spec["session_id"], running.job_id, END_MARKER_TIMEOUT_S)
         return outcome
 
-    def _heal(self, generation: int) -> None:
-        if self._healing is None and generation == self._pool.generation and not self.stopping:
-            logger.error("worker pool broken; rebuilding it")
-            self._healing = asyncio.create_task(self._rebuild())
+    async def _conclude(self, running: RunningJob, outcome: dict[str, Any]) -> None:
+        """Turn a worker's outcome into the job's next state, and release or replace its worker."""
+        worker = running.worker
+        if outcome["status"] in ("crashed", "not_started"):
+            self._pool.replace(worker, self._dispatch)
+            outcome = self._crash_outcome(running, outcome)
+        else:
+            self._recycle_or_release(worker)
+            if outcome["status"] == CANCELLED and running.stop_reason == TIMED_OUT:
+                outcome = self._timed_out_outcome(running)
 
-    async def _rebuild(self) -> None:
-        """Rebuild the pool, retrying with a growing delay while new workers die during start-up."""
-        delay = 0.1
-        try:
-            while not self.stopping:
-                try:
-                    await self._pool.rebuild()
-                    return
-                except (BrokenProcessPool, OSError) as error:
-                    logger.error("rebuilding the worker pool failed (%s: %s); retrying in %.1f s",
-                                 type(error).__name__, error, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_REBUILD_DELAY_S)
-        finally:
-            self._healing = None
-            self._dispatch()
+        record = self._store.jobs.get(running.job_id)
+        if record is None:
+            return
+        if outcome["status"] == QUEUED:
+            self._requeue(record, outcome)
+            return
+        outputs = await asyncio.to_thread(list_outputs, self._layout.job_dir(record["session_id"], running.job_id))
+        # The session may have been deleted while the outputs were listed.
+        record = self._store.jobs.get(running.job_id)
+        if record is not None:
+            self._finish(record, outcome, outputs)
+
+    def _crash_outcome(self, running: RunningJob, outcome: dict[str, Any]) -> dict[str, Any]:
+        """Explain a dead worker: killed by the server on purpose, or crashed by its job."""
+        reason = running.worker.kill_reason
+        if outcome["status"] == "not_started":
+            return {"status": QUEUED, "retry": False}
+        if reason == "stopping" or self.stopping:
+            return {"status": INTERRUPTED, "error": {
+                "type": "Interrupted", "message": "the server stopped while the job ran"}}
+        if reason == CANCELLED:
+            return {"status": CANCELLED}
+        if reason == TIMED_OUT:
+            return self._timed_out_outcome(running)
+        if reason == "memory":
+            limit = self._settings.max_worker_rss_bytes
+            return {"status": FAILED, "error": {
+                "type": "MemoryLimitExceeded",
+                "message": f"the job's worker used more than {limit} bytes of memory "
+                           f"({option_names('max_worker_rss_bytes')}) and was killed"}}
+
+        exit_code = outcome["exit_code"]
+        record = self._store.jobs.get(running.job_id)
+        attempts = record["attempts"] if record is not None else 0
+        if attempts <= self._settings.crash_retries:
+            logger.warning("session=%s job=%s killed its worker pid %s with %s; retrying (attempt %d of %d)",
+                           self._session_of(running.job_id), running.job_id, running.worker.pid,
+                           describe_exit(exit_code), attempts + 1, self._settings.crash_retries + 1)
+            return {"status": QUEUED, "retry": True}
+        logger.error("session=%s job=%s killed its worker pid %s with %s on every attempt; failing it",
+                     self._session_of(running.job_id), running.job_id, running.worker.pid,
+                     describe_exit(exit_code))
+        return {"status": FAILED, "error": {
+            "type": "WorkerCrashed", "exit_code": exit_code,
+            "message": f"the job's worker process ended with {describe_exit(exit_code)} "
+                       f"on {attempts} attempt(s)"}}
+
+    def _timed_out_outcome(self, running: RunningJob) -> dict[str, Any]:
+        record = self._store.jobs.get(running.job_id)
+        limit = record["timeout_s"] if record is not None else 0
+        return {"status": TIMED_OUT, "error": {
+            "type": "TimedOut", "message": f"the job ran longer than its time limit of {limit} s"}}
+
+    def _recycle_or_release(self, worker: Worker) -> None:
+        worker.jobs_run += 1
+        max_jobs = self._settings.max_jobs_per_worker
+        max_rss = self._settings.max_worker_rss_bytes
+        if max_jobs and worker.jobs_run >= max_jobs:
+            logger.info("worker pid %s ran %d jobs; replacing it", worker.pid, worker.jobs_run)
+            self._pool.replace(worker, self._dispatch)
+        elif max_rss and (rss := worker.rss()) > max_rss:
+            logger.info("worker pid %s uses %d bytes of memory; replacing it", worker.pid, rss)
+            self._pool.replace(worker, self._dispatch)
+        else:
+            self._pool.release(worker)
+
+    def _requeue(self, record: Record, outcome: dict[str, Any]) -> None:
+        # A job that never ran gives its attempt back; a retried one keeps it.
+        attempts = record["attempts"] if outcome["retry"] else record["attempts"] - 1
+        self._set_state(record, QUEUED, attempts=attempts, started_at=None,
+                        progress={"done": 0, "total": None, "unit": "", "message": ""})
+        if outcome["retry"]:
+            self._queued.append(record["job_id"])
+        else:
+            self._queued.appendleft(record["job_id"])
 
     # State changes
 
@@ -379,17 +477,24 @@ class JobService:
         """Stop taking jobs, mark queued ones interrupted, and give running ones ``grace`` seconds."""
         self.accepting = False
         self.stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._queued:
             logger.info("interrupting %d queued jobs", len(self._queued))
         while self._queued:
             record = self._store.jobs[self._queued.popleft()]
             self._set_state(record, INTERRUPTED, finished_at=time.time(), error={
                 "type": "Interrupted", "message": "the server stopped before the job started"})
-        if self._tasks:
-            logger.info("waiting up to %.1f s for %d running jobs", grace, len(self._tasks))
-            await asyncio.wait(list(self._tasks.values()), timeout=grace)
+        tasks = self._tasks()
+        if tasks:
+            logger.info("waiting up to %.1f s for %d running jobs", grace, len(tasks))
+            await asyncio.wait(tasks, timeout=grace)
 
     async def wait_finished(self, timeout: float) -> None:
-        """Wait for job tasks to record their final state, after the pool was stopped."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks.values()), timeout=timeout)
+        """Wait for job tasks to record their final state, after the workers were stopped."""
+        tasks = self._tasks()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    def _tasks(self) -> list[asyncio.Task[None]]:
+        return [running.task for running in self._running.values() if running.task is not None]

@@ -100,7 +100,8 @@ async def readyz() -> Response:
     pool_running = runtime.pool is not None and runtime.pool.running
     body: dict[str, Any] = {"ready": runtime.ready and pool_running and not runtime.stopping.is_set()}
     if runtime.pool is not None and runtime.jobs is not None:
-        body.update(workers=runtime.pool.size, worker_restarts=runtime.pool.restarts,
+        body.update(workers=runtime.pool.size, idle_workers=runtime.pool.idle_count,
+                    worker_restarts=runtime.pool.restarts,
                     queued=runtime.jobs.queued_count, running=runtime.jobs.running_count,
                     subscribers=runtime.hub.subscriber_count)
     return json_response(body, 200 if body["ready"] else 503)

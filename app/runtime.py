@@ -132,11 +132,11 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self.pool = WorkerPool(self.settings.workers, context, self.settings.extra_kinds,
                                (self._events, self.store.cancel_flags))
-        self.jobs = JobService(self.store, self.hub, self.pool, self.kinds, self.layout,
-                               self.settings.max_queued_jobs, self.settings.max_queued_jobs_per_session)
+        self.jobs = JobService(self.store, self.hub, self.pool, self.kinds, self.layout, self.settings)
         self._pump = EventPump(self._events, loop, self.jobs.handle_event, self._manager_lost)
         self._pump.start()
         await self.pool.start()
+        self.jobs.start()
 
     def _manager_lost(self) -> None:
         self.ready = False

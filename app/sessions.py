@@ -147,6 +147,9 @@ class SessionStore:
     def request_cancel(self, job_id: str) -> None:
         self._queue_write(self.cancel_flags, job_id, True)
 
+    def clear_cancel(self, job_id: str) -> None:
+        self._queue_write(self.cancel_flags, job_id, _DELETE)
+
     def session_jobs(self, session: Session) -> Iterator[Record]:
         return (self.jobs[job_id] for job_id in session.job_ids)
 

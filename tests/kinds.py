@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import time
 from pathlib import Path
 
@@ -27,7 +29,7 @@ def spin(context: JobContext, inputs: list[Path], params: SpinParams) -> dict[st
         while time.monotonic() < deadline:
             pass
         steps += 1
-        context.progress(int(elapsed * 1000), int(params.seconds * 1000), "ms")
+        context.progress(int(elapsed * 1000), int(params.seconds * 1000), "ms", f"pid {os.getpid()}")
         if params.cooperative:
             context.check_cancelled()
     return {"seconds": params.seconds, "steps": steps}
@@ -51,4 +53,49 @@ def fail(context: JobContext, inputs: list[Path], params: FailParams) -> None:
 FAIL = JobKind(name="fail", function=fail, params=FailParams,
                description="Raise ValueError (tests only).", min_inputs=0, max_inputs=None)
 
-KINDS = [SPIN, FAIL]
+
+class ExitParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: int = 3
+
+
+def exit_worker(context: JobContext, inputs: list[Path], params: ExitParams) -> None:
+    """End the worker process at once, as a crashing C extension or a stray os._exit would."""
+    os._exit(params.code)
+
+
+def segfault(context: JobContext, inputs: list[Path], params: BaseModel) -> None:
+    """Crash the interpreter with a segmentation fault by reading address 0."""
+    ctypes.string_at(0)
+
+
+class HogParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    step_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_bytes: int = Field(default=8 * 1024 * 1024 * 1024, gt=0)
+
+
+def hog(context: JobContext, inputs: list[Path], params: HogParams) -> dict[str, int]:
+    """Allocate and touch memory step by step until killed, or until ``max_bytes``."""
+    blocks = []
+    while len(blocks) * params.step_bytes < params.max_bytes:
+        blocks.append(bytearray(b"x" * params.step_bytes))
+        context.progress(len(blocks) * params.step_bytes, params.max_bytes, "bytes", f"pid {os.getpid()}")
+        time.sleep(0.05)
+    return {"allocated": len(blocks) * params.step_bytes}
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+EXIT = JobKind(name="exit", function=exit_worker, params=ExitParams,
+               description="End the worker with os._exit (tests only).", min_inputs=0, max_inputs=None)
+SEGFAULT = JobKind(name="segfault", function=segfault, params=NoParams,
+                   description="Crash the worker with a segmentation fault (tests only).", min_inputs=0,
+                   max_inputs=None)
+HOG = JobKind(name="hog", function=hog, params=HogParams,
+              description="Allocate memory until killed (tests only).", min_inputs=0, max_inputs=None)
+KINDS = [SPIN, FAIL, EXIT, SEGFAULT, HOG]

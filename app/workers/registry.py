@@ -33,6 +33,9 @@ class JobKind:
     description: str
     min_inputs: int = 1
     max_inputs: int | None = 1
+    # Seconds a job of this kind may run unless the request sets timeout_s; None means the
+    # server's --job-timeout-s.
+    timeout_s: float | None = None
 
     @property
     def module(self) -> str:
@@ -43,6 +46,7 @@ class JobKind:
             "name": self.name,
             "description": self.description,
             "inputs": {"min": self.min_inputs, "max": self.max_inputs},
+            "timeout_s": self.timeout_s,
             "params": self.params.model_json_schema(),
         }
 

@@ -114,7 +114,6 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """
     output_dir = Path(spec["output_dir"])
     context = JobContext(spec["job_id"], spec["session_id"], output_dir, _events, _cancel_flags)
-    context.send_event({"type": "started", "pid": os.getpid()})
     try:
         return _execute(context, spec)
     finally:
