@@ -125,8 +125,11 @@ class EventHub:
     def events_after(self, session_id: str, after: int, job_id: str | None) -> list[Event] | None:
         """Return the events newer than ``after``, or None if the backlog no longer reaches back that far."""
         log = self._logs.get(session_id, deque())
-        if after >= self.last_seq(session_id):
+        if after == self.last_seq(session_id):
             return []
+        # A number from before a restart: the server counts from 1 again, so send a snapshot.
+        if after > self.last_seq(session_id):
+            return None
         if not log or log[0]["seq"] > after + 1:
             return None
         return [event for event in log

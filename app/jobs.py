@@ -267,7 +267,7 @@ class JobService:
         if record is None or record["state"] != RUNNING:
             return
         if event["type"] == "progress":
-            self._store.put_job({**record, "progress": event["progress"]})
+            self._store.put_job({**record, "progress": event["progress"]}, durable=False)
             self._hub.publish(record["session_id"],
                               {"job_id": job_id, "type": "progress", "progress": event["progress"]})
         elif event["type"] == "log":

@@ -16,8 +16,16 @@ class DataLayout:
     def lock_path(self) -> Path:
         return self.root / "offload.lock"
 
+    @property
+    def journal_path(self) -> Path:
+        return self.root / "journal.sqlite3"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.root / "sessions"
+
     def session_dir(self, session_id: str) -> Path:
-        return self.root / "sessions" / session_id
+        return self.sessions_dir / session_id
 
     def files_dir(self, session_id: str) -> Path:
         return self.session_dir(session_id) / "files"

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sqlite3
 import time
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -21,7 +22,8 @@ from filelock import FileLock, Timeout
 
 from .config import Settings, option_names
 from .events import EventHub, EventPump
-from .jobs import JobService
+from .jobs import INTERRUPTED, QUEUED, RUNNING, JobService
+from .journal import Journal, JournalContents
 from .layout import DataLayout
 from .pool import WorkerPool
 from .sessions import SessionStore
@@ -61,6 +63,7 @@ class Runtime:
         self.hub = EventHub(settings.event_backlog)
         self.pool: WorkerPool | None = None
         self.jobs: JobService | None = None
+        self.journal: Journal | None = None
         self.stopping = asyncio.Event()
         self.ready = False
         self._lock: FileLock | None = None
@@ -76,9 +79,9 @@ class Runtime:
             raise StartupError(DAEMONIC_MESSAGE)
         started = time.monotonic()
         await asyncio.to_thread(self._lock_data_dir)
-        await asyncio.to_thread(self._remove_stale_sessions)
         try:
-            await self._start_processes()
+            contents = await asyncio.to_thread(self._open_journal)
+            await self._start_processes(contents)
         except BaseException:
             await self._teardown()
             raise
@@ -105,17 +108,45 @@ class Runtime:
                                f"{option_names('data_dir')} a writable directory") from None
         self._lock = lock
 
-    def _remove_stale_sessions(self) -> None:
-        # TODO: restore sessions from a journal instead. Until then the tokens of an earlier run are
-        # lost, so the files of its sessions can never be read again.
-        sessions = self.layout.root / "sessions"
-        stale = [path for path in sessions.iterdir() if path.is_dir()] if sessions.is_dir() else []
-        for path in stale:
-            shutil.rmtree(path, ignore_errors=True)
-        if stale:
-            logger.info("removed %d sessions left by an earlier run", len(stale))
+    def _open_journal(self) -> JournalContents:
+        """Read the journal, drop expired sessions and directories nobody knows, interrupt unfinished jobs."""
+        journal = self.journal = Journal(self.layout.journal_path)
+        try:
+            contents = journal.open()
+        except sqlite3.Error as error:
+            raise StartupError(f"cannot read the journal {str(self.layout.journal_path)!r}: {error}; move it "
+                               "away to start with an empty one") from None
 
-    async def _start_processes(self) -> None:
+        now = time.time()
+        live = {row["session_id"] for row in contents.sessions if row["last_seen"] + row["idle_s"] > now}
+        for row in contents.sessions:
+            if row["session_id"] not in live:
+                journal.delete_session(row["session_id"])
+        contents.sessions = [row for row in contents.sessions if row["session_id"] in live]
+        contents.files = [record for record in contents.files if record["session_id"] in live]
+        contents.jobs = [record for record in contents.jobs if record["session_id"] in live]
+
+        interrupted = 0
+        for index, record in enumerate(contents.jobs):
+            if record["state"] in (QUEUED, RUNNING):
+                record = {**record, "state": INTERRUPTED, "finished_at": now, "error": {
+                    "type": "Interrupted", "message": f"the server stopped while the job was {record['state']}"}}
+                contents.jobs[index] = record
+                journal.put_job(record)
+                interrupted += 1
+
+        removed = 0
+        if self.layout.sessions_dir.is_dir():
+            for path in self.layout.sessions_dir.iterdir():
+                if path.name not in live:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+        logger.info("journal: restored %d sessions, %d files and %d jobs (%d interrupted); removed %d expired "
+                    "or unknown session directories", len(contents.sessions), len(contents.files),
+                    len(contents.jobs), interrupted, removed)
+        return contents
+
+    async def _start_processes(self, contents: JournalContents) -> None:
         try:
             self.kinds = discover_kinds(self.settings.extra_kinds)
         except KindError as error:
@@ -125,9 +156,12 @@ class Runtime:
         manager = SyncManager(ctx=context)
         await asyncio.to_thread(_start_manager, manager)
         self.manager = manager
-        self.store = await asyncio.to_thread(SessionStore, self.manager)
+        assert self.journal is not None
+        self.store = await asyncio.to_thread(SessionStore, self.manager, self.journal)
+        self.store.restore(contents.sessions, contents.files, contents.jobs)
         self._events = await asyncio.to_thread(self.manager.Queue)
         self.store.start()
+        self.journal.start()
 
         loop = asyncio.get_running_loop()
         self.pool = WorkerPool(self.settings.workers, context, self.settings.extra_kinds,
@@ -192,6 +226,8 @@ class Runtime:
             await asyncio.to_thread(self._pump.join, TEARDOWN_TIMEOUT_S)
         if self.store is not None:
             await asyncio.to_thread(self.store.stop, TEARDOWN_TIMEOUT_S)
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.stop, TEARDOWN_TIMEOUT_S)
         if self.manager is not None:
             await self._call_blocking(self.manager.shutdown)
         if self._lock is not None:

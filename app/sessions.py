@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
 from typing import Any
 
+from .journal import Journal
+
 logger = logging.getLogger(__name__)
+
+# Seconds between journal writes of a session's last use; expiry is that much less exact after a restart.
+JOURNAL_TOUCH_INTERVAL_S = 30.0
 
 # Sentinel for a key removed from a Manager dict.
 _DELETE = object()
@@ -47,6 +52,7 @@ class Session:
     idle_s: float
     file_ids: list[str] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
+    journaled_seen: float = 0.0
 
     @property
     def expires_at(self) -> float:
@@ -58,11 +64,16 @@ class Session:
     def public(self) -> Record:
         return {"session_id": self.session_id, "created_at": self.created_at, "expires_at": self.expires_at}
 
+    def journal_row(self) -> Record:
+        return {"session_id": self.session_id, "token_digest": self.token_digest, "created_at": self.created_at,
+                "last_seen": self.last_seen, "idle_s": self.idle_s}
+
 
 class SessionStore:
     """Sessions, files and jobs of the server, mirrored into Manager dicts for worker processes."""
 
-    def __init__(self, manager: SyncManager) -> None:
+    def __init__(self, manager: SyncManager, journal: Journal) -> None:
+        self.journal = journal
         self.sessions: dict[str, Session] = {}
         self.files: dict[str, Record] = {}
         self.jobs: dict[str, Record] = {}
@@ -93,10 +104,32 @@ class SessionStore:
         session = Session(new_id(), _token_digest(token), now, now, idle_s)
         self.sessions[session.session_id] = session
         self._queue_write(self.shared_sessions, session.session_id, session.public())
+        self._journal_session(session)
         return session, token
 
     def touch(self, session: Session) -> None:
         session.last_seen = time.time()
+        if session.last_seen - session.journaled_seen >= JOURNAL_TOUCH_INTERVAL_S:
+            self._journal_session(session)
+
+    def _journal_session(self, session: Session) -> None:
+        session.journaled_seen = session.last_seen
+        self.journal.put_session(session.journal_row())
+
+    def restore(self, sessions: list[Record], files: list[Record], jobs: list[Record]) -> None:
+        """Load what the journal kept from an earlier run; records must belong to known sessions."""
+        for row in sessions:
+            session = Session(row["session_id"], row["token_digest"], row["created_at"], row["last_seen"],
+                              row["idle_s"], journaled_seen=row["last_seen"])
+            self.sessions[session.session_id] = session
+            self._queue_write(self.shared_sessions, session.session_id, session.public())
+        for stored in files:
+            record = {key: value for key, value in stored.items() if key != "session_id"}
+            self.files[record["file_id"]] = record
+            self.sessions[stored["session_id"]].file_ids.append(record["file_id"])
+            self._queue_write(self.shared_files, record["file_id"], record)
+        for record in jobs:
+            self.put_job(record, durable=False)
 
     def remove_session(self, session_id: str) -> Session | None:
         session = self.sessions.pop(session_id, None)
@@ -110,6 +143,7 @@ class SessionStore:
             self._queue_write(self.shared_jobs, job_id, _DELETE)
             self._queue_write(self.cancel_flags, job_id, _DELETE)
         self._queue_write(self.shared_sessions, session_id, _DELETE)
+        self.journal.delete_session(session_id)
         return session
 
     def expired_sessions(self, now: float) -> list[str]:
@@ -121,19 +155,24 @@ class SessionStore:
         self.files[record["file_id"]] = record
         session.file_ids.append(record["file_id"])
         self._queue_write(self.shared_files, record["file_id"], record)
+        self.journal.put_file({**record, "session_id": session.session_id})
 
     def remove_file(self, session: Session, file_id: str) -> None:
         self.files.pop(file_id, None)
         session.file_ids.remove(file_id)
         self._queue_write(self.shared_files, file_id, _DELETE)
+        self.journal.delete_file(file_id)
 
     def session_files(self, session: Session) -> Iterator[Record]:
         return (self.files[file_id] for file_id in session.file_ids)
 
     # Jobs
 
-    def put_job(self, record: Record) -> None:
-        """Store a new or changed job record; the caller passes a whole new dict, never a mutated one."""
+    def put_job(self, record: Record, durable: bool = True) -> None:
+        """Store a new or changed job record; the caller passes a whole new dict, never a mutated one.
+
+        ``durable`` writes it to the journal too; progress updates skip that, state changes do not.
+        """
         job_id = record["job_id"]
         if job_id not in self.jobs:
             session = self.sessions.get(record["session_id"])
@@ -143,6 +182,8 @@ class SessionStore:
             session.job_ids.append(job_id)
         self.jobs[job_id] = record
         self._queue_write(self.shared_jobs, job_id, record)
+        if durable:
+            self.journal.put_job(record)
 
     def request_cancel(self, job_id: str) -> None:
         self._queue_write(self.cancel_flags, job_id, True)

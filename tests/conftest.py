@@ -104,6 +104,12 @@ def wait_ready(server: Server) -> None:
     raise AssertionError(f"server not ready within {STARTUP_TIMEOUT_S} s\n{server.log()}")
 
 
+def stored_files(server: Server) -> list[Path]:
+    """List the uploads and job outputs on disk; the lock file and the journal are not among them."""
+    sessions = server.data_dir / "sessions"
+    return sorted(path for path in sessions.rglob("*") if path.is_file()) if sessions.is_dir() else []
+
+
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     result = []
     for process in processes:
@@ -148,14 +154,15 @@ def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 class Api:
     """An HTTP client bound to one session of a server."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, session: tuple[str, str] | None = None) -> None:
+        """Create a session, or use ``session`` (its id and token), for example after a restart."""
         self.server = server
         self.client = httpx.Client(base_url=server.url, timeout=30)
-        created = self.client.post("/api/sessions")
-        assert created.status_code == 201, created.text
-        body = created.json()
-        self.session_id: str = body["session_id"]
-        self.token: str = body["token"]
+        if session is None:
+            created = self.client.post("/api/sessions")
+            assert created.status_code == 201, created.text
+            session = created.json()["session_id"], created.json()["token"]
+        self.session_id, self.token = session
         self.client.headers["Authorization"] = f"Bearer {self.token}"
 
     @property

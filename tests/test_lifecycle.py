@@ -16,7 +16,7 @@ import httpx
 import pytest
 import websockets
 
-from .conftest import ROOT, Api, alive, free_port, wait_gone
+from .conftest import ROOT, Api, alive, free_port, stored_files, wait_gone
 
 LAUNCH_HINT = "python -m app.main"
 
@@ -186,8 +186,7 @@ def test_upload_in_progress_at_shutdown_gets_503(server_factory: object) -> None
     assert server.process.wait(15) == 0
     assert responses[0].status_code == 503
     assert responses[0].json()["error"]["code"] == "shutting_down"
-    leftovers = [path for path in server.data_dir.rglob("*") if path.is_file() and path.name != "offload.lock"]
-    assert leftovers == []
+    assert stored_files(server) == []
     assert "CancelledError" not in server.log()
 
 

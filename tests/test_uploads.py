@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DATA, Api, Server, start_server
+from .conftest import DATA, Api, Server, start_server, stored_files
 
 LIMIT = 64 * 1024
 
@@ -26,10 +26,6 @@ def _small_api(small_server: Server) -> Iterator[Api]:
     api = Api(small_server)
     yield api
     api.client.close()
-
-
-def stored_files(server: Server) -> list[Path]:
-    return [path for path in server.data_dir.rglob("*") if path.is_file() and path.name != "offload.lock"]
 
 
 def chunked(data: bytes, size: int = 8192) -> Iterator[bytes]:
