@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -102,6 +103,21 @@ def wait_ready(server: Server) -> None:
         time.sleep(0.1)
     server.process.kill()
     raise AssertionError(f"server not ready within {STARTUP_TIMEOUT_S} s\n{server.log()}")
+
+
+def open_silent_websocket(server: Server, path: str) -> socket.socket:
+    """Complete a websocket handshake, then never read again, like a stalled client."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
 
 
 def stored_files(server: Server) -> list[Path]:

@@ -192,3 +192,29 @@ def test_pool_recovers_when_new_workers_die(server_factory: object) -> None:
     assert record["state"] == "succeeded", server.log()[-3000:]
     assert readyz(server)["ready"] is True
     assert "Task exception was never retrieved" not in server.log()
+
+
+def test_lost_manager_gives_503_and_clean_exit(server_factory: object) -> None:
+    server = server_factory()
+    api = Api(server)
+    manager = min(spawned_children(server).values(), key=lambda process: process.create_time())
+    children = server.child_processes()
+    manager.kill()
+
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url + "/readyz").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(server.url + "/readyz").status_code == 503
+    started = time.monotonic()
+    response = api.client.post(f"{api.prefix}/jobs", json={"kind": "spin", "inputs": []})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "not_ready"
+    assert time.monotonic() - started < 2
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+    time.sleep(1)
+    assert server.log().count("manager process lost") <= 2
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 10
+    assert wait_gone(children) == []

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import socket
 import time
 
 import httpx
@@ -14,7 +11,7 @@ import psutil
 import pytest
 import websockets
 
-from .conftest import Api, Server
+from .conftest import Api, Server, open_silent_websocket
 
 
 def test_raising_job_fails_with_type_and_message(api: Api, server: Server) -> None:
@@ -135,21 +132,6 @@ def test_short_jobs_finish_without_waiting(api: Api, server: Server) -> None:
     assert "last events did not arrive" not in server.log()
     # Each stall would cost 2 s, so 20 jobs with even one stall take longer than this.
     assert time.monotonic() - started < 10
-
-
-def open_silent_websocket(server: Server, path: str) -> socket.socket:
-    """Complete a websocket handshake, then never read again, like a stalled client."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
 
 
 def test_stalled_websocket_client_is_dropped(server_factory: object) -> None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import websockets
 
-from .conftest import ROOT, Api, alive, free_port, stored_files, wait_gone
+from .conftest import ROOT, Api, alive, free_port, open_silent_websocket, stored_files, wait_gone
 
 LAUNCH_HINT = "python -m app.main"
 
@@ -115,6 +115,7 @@ def test_invalid_flag_names_value() -> None:
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals; Windows uses CTRL_BREAK_EVENT")
 @pytest.mark.parametrize("how", ["SIGINT to the process group", "SIGTERM to the server"])
 def test_signal_with_running_jobs_exits_cleanly(server_factory: object, how: str) -> None:
+    """Jobs running, one queued, a websocket open and an upload arriving when the signal comes."""
     server = server_factory()
     api = Api(server)
     jobs = [api.start("spin", [], seconds=60) for _ in range(2)]
@@ -125,6 +126,27 @@ def test_signal_with_running_jobs_exits_cleanly(server_factory: object, how: str
     # The Manager, the resource tracker on POSIX, and two workers.
     assert len(children) >= 3
 
+    watcher = open_silent_websocket(server, f"{api.prefix}/ws?token={api.token}")
+    upload_started = threading.Event()
+    uploads: list[int] = []
+
+    def slow_body() -> Iterator[bytes]:
+        for _ in range(400):
+            upload_started.set()
+            yield b"x" * 65536
+            time.sleep(0.02)
+
+    def upload() -> None:
+        try:
+            uploads.append(Api(server, (api.session_id, api.token)).client.put(
+                f"{api.prefix}/files/big.bin", content=slow_body()).status_code)
+        except httpx.TransportError:
+            uploads.append(0)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    upload_started.wait(10)
+
     started = time.monotonic()
     if how.startswith("SIGINT"):
         os.killpg(server.process.pid, signal.SIGINT)
@@ -132,15 +154,24 @@ def test_signal_with_running_jobs_exits_cleanly(server_factory: object, how: str
         server.process.send_signal(signal.SIGTERM)
     code = server.process.wait(10)
     elapsed = time.monotonic() - started
+    uploader.join(10)
+    watcher.close()
 
     assert code == 0, server.log()
     assert elapsed < 10
     assert wait_gone(children) == [], [process.cmdline() for process in alive(children)]
+    assert uploads in ([503], [0])
+    assert stored_files(server) == []
     log = server.log()
     assert "stopped" in log
     for job in jobs:
         assert f"job={job['job_id']} interrupted" in log
     assert "interrupting 1 queued jobs" in log
+
+    restarted = server_factory("--data-dir", str(server.data_dir))
+    again = Api(restarted, (api.session_id, api.token))
+    for job in [*jobs, queued]:
+        assert again.job(job["job_id"])["state"] == "interrupted"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals; Windows uses CTRL_BREAK_EVENT")

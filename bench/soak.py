@@ -1,0 +1,548 @@
+"""Soak test: a real Offload server under steady load, with worker kills and dropped websockets.
+
+Run it from the repository root as ``python bench/soak.py [--seconds N]`` or ``python -m bench.soak``
+(default 600 s). For that long, at the same time:
+
+* 16 clients in 4 sessions each keep one job in flight: mostly ``noop``, 10% ``spin`` of 0.05-0.3 s;
+* every 2 s one pool worker is killed, one running a ``spin`` job when there is one;
+* websocket clients drop their connection without a close handshake at random moments, and most
+  reconnect with ``?after=SEQ``;
+* ``/readyz`` is polled every 50 ms.
+
+Then it stops submitting, waits up to 60 s for every job to end, and prints one table. A job whose
+worker was killed on both of its attempts fails with ``WorkerCrashed``: "failed with cause". Any
+other job that did not succeed is "failed without cause", and a job still not terminal is "lost".
+A seq gap is an event missing from a stream. The server may merge a slow client's unsent progress
+events, so each skip is checked against the backlog, and a skip of only progress events counts as
+merged. The exit status is 1 if a job was lost or failed without cause, a stream had a gap or a
+duplicate, or a request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# When run as a script, sys.path starts with bench/ instead of the repository root.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed, InvalidHandshake  # noqa: E402
+
+from bench.servers import ServerError, ServerProcess, free_port, start_server, stop_server, wait_ready  # noqa: E402
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out", "interrupted"})
+SESSIONS = 4
+CLIENTS_PER_SESSION = 4
+DROPPERS_PER_SESSION = 2
+SPIN_SHARE = 0.1
+RESUME_SHARE = 0.75
+KILL_INTERVAL_S = 2.0
+READYZ_INTERVAL_S = 0.05
+REQUEST_TIMEOUT_S = 30.0
+JOB_WAIT_S = 30.0
+DRAIN_TIMEOUT_S = 60.0
+# With the server's default --crash-retries 1, a job fails after its worker died on 2 attempts.
+KILLED_TWICE_ATTEMPTS = 2
+# Loop bounds far above what a 600 s run reaches; the run's deadline ends the loops first.
+MAX_ITERATIONS = 1_000_000
+EXPECTED_LOG_MARKERS = ("killed its worker", "replacing it")
+PID_MESSAGE = re.compile(r"pid (\d+)")
+
+
+@dataclass
+class Stats:
+    submitted: int = 0
+    rejected_429: int = 0
+    request_errors: int = 0
+    kills: list[tuple[float, int, str | None]] = field(default_factory=list)  # (time, pid, spin job id)
+    ws_drops: int = 0
+    ws_resumes: int = 0
+    seq_gaps: int = 0
+    seq_duplicates: int = 0
+    progress_merges: int = 0
+    readyz_max_down_s: float = 0.0
+    readyz_max_latency_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        if len(self.notes) < 20:
+            self.notes.append(text)
+
+
+@dataclass
+class Session:
+    session_id: str
+    token: str
+    client: httpx.AsyncClient
+    jobs: dict[str, str] = field(default_factory=dict)  # job id -> kind
+    ended: set[str] = field(default_factory=set)
+    waiters: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    running_spins: set[str] = field(default_factory=set)
+    audits: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def ws_url(self, after: int | None) -> str:
+        url = f"{self.client.base_url}/api/sessions/{self.session_id}/ws?token={self.token}"
+        url = url.replace("http://", "ws://", 1)
+        return url if after is None else f"{url}&after={after}"
+
+    def mark_ended(self, job_id: str) -> None:
+        self.ended.add(job_id)
+        waiter = self.waiters.pop(job_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+async def open_ws(session: Session, after: int | None) -> ClientConnection:
+    # A snapshot contains every job record of the session, so it outgrows the 1 MiB default.
+    return await connect(session.ws_url(after), max_size=None, open_timeout=REQUEST_TIMEOUT_S, close_timeout=2)
+
+
+# Websocket streams
+
+
+async def follow(connection: ClientConnection, session: Session, stats: Stats, last_seq: int | None,
+                 seconds: float | None) -> int | None:
+    """Read events for ``seconds`` or until the server closes; check each seq. Return the last seq read."""
+    try:
+        async with asyncio.timeout(seconds):
+            async for message in connection:
+                event = json.loads(message)
+                if event["type"] == "snapshot":
+                    if last_seq is not None:
+                        stats.seq_gaps += 1
+                        stats.note(f"session {session.session_id}: resume after {last_seq} sent a snapshot")
+                    for job in event["jobs"]:
+                        if job["state"] in TERMINAL_STATES:
+                            session.mark_ended(job["job_id"])
+                    last_seq = event["seq"]
+                    continue
+
+                seq = event["seq"]
+                if last_seq is not None and seq <= last_seq:
+                    stats.seq_duplicates += 1
+                    stats.note(f"session {session.session_id}: seq {seq} arrived after seq {last_seq}")
+                    continue
+                if last_seq is not None and seq > last_seq + 1:
+                    audit = asyncio.create_task(audit_skip(session, stats, last_seq, seq))
+                    session.audits.add(audit)
+                    audit.add_done_callback(session.audits.discard)
+                last_seq = seq
+                if event["type"] == "state" and event["state"] in TERMINAL_STATES:
+                    session.mark_ended(event["job_id"])
+    except (TimeoutError, ConnectionClosed):
+        pass
+    return last_seq
+
+
+async def audit_skip(session: Session, stats: Stats, last_seq: int, seq: int) -> None:
+    """Read the backlog between two seqs: a skip of only progress events is a merge, anything else a gap."""
+    missing = set(range(last_seq + 1, seq))
+    lost: list[str] = []
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            async with await open_ws(session, last_seq) as connection:
+                while missing:
+                    event = json.loads(await connection.recv())
+                    if event["type"] == "snapshot" or event["seq"] >= seq:
+                        break
+                    missing.discard(event["seq"])
+                    if event["type"] != "progress":
+                        lost.append(f"{event['seq']} ({event['type']})")
+    except (TimeoutError, OSError, ConnectionClosed, InvalidHandshake) as error:
+        lost.append(f"backlog unreadable: {type(error).__name__}: {error}")
+    if missing and not lost:
+        lost.append(f"{sorted(missing)[:5]} not in the backlog")
+
+    if lost:
+        stats.seq_gaps += 1
+        stats.note(f"session {session.session_id}: seq jumped {last_seq} -> {seq}, missing {lost[:5]}")
+    else:
+        stats.progress_merges += 1
+
+
+async def track(session: Session, stats: Stats) -> None:
+    """Keep one connection open to learn when jobs end; reconnect with ?after=SEQ whenever it closes."""
+    last_seq: int | None = None
+    for _ in range(MAX_ITERATIONS):
+        try:
+            async with await open_ws(session, last_seq) as connection:
+                last_seq = await follow(connection, session, stats, last_seq, None)
+        except (OSError, InvalidHandshake) as error:
+            stats.request_errors += 1
+            stats.note(f"session {session.session_id}: tracker connect failed: {error!r}")
+            await asyncio.sleep(0.5)
+
+
+async def drop_repeatedly(session: Session, stats: Stats, rng: random.Random) -> None:
+    """Connect, read for 0.2-2 s, drop the TCP connection, and reconnect, mostly with ?after=SEQ."""
+    last_seq: int | None = None
+    for _ in range(MAX_ITERATIONS):
+        if last_seq is None or rng.random() >= RESUME_SHARE:
+            last_seq = None
+        else:
+            stats.ws_resumes += 1
+        try:
+            connection = await open_ws(session, last_seq)
+        except (OSError, InvalidHandshake) as error:
+            stats.request_errors += 1
+            stats.note(f"session {session.session_id}: websocket connect failed: {error!r}")
+            await asyncio.sleep(0.5)
+            continue
+        try:
+            last_seq = await follow(connection, session, stats, last_seq, rng.uniform(0.2, 2.0))
+        finally:
+            drop(connection, reset=rng.random() < 0.5)
+        stats.ws_drops += 1
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
+
+
+def drop(connection: ClientConnection, reset: bool) -> None:
+    """Close the TCP connection without a websocket close handshake; with ``reset``, send RST instead of FIN."""
+    if reset:
+        # A zero SO_LINGER timeout makes close() send RST. struct linger is two C ints on POSIX and
+        # two u_shorts on Windows.
+        linger = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
+        connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    connection.transport.abort()
+
+
+# Jobs
+
+
+async def submit(session: Session, stats: Stats, kind: str, params: dict[str, Any]) -> str | None:
+    """Submit a job, waiting out 429 responses. Return its id, or None if the request failed."""
+    path = f"/api/sessions/{session.session_id}/jobs"
+    for _ in range(100):
+        try:
+            response = await session.client.post(path, json={"kind": kind, "inputs": [], "params": params})
+        except httpx.HTTPError as error:
+            stats.request_errors += 1
+            stats.note(f"POST {path} failed: {error!r}")
+            return None
+        if response.status_code == 429:
+            stats.rejected_429 += 1
+            await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+            continue
+        if response.status_code != 202:
+            stats.request_errors += 1
+            stats.note(f"POST {path} returned {response.status_code}: {response.text[:200]}")
+            return None
+        job_id: str = response.json()["job_id"]
+        session.jobs[job_id] = kind
+        stats.submitted += 1
+        return job_id
+    return None
+
+
+async def submit_repeatedly(session: Session, stats: Stats, stop: asyncio.Event, rng: random.Random) -> None:
+    """Keep one job in flight until ``stop`` is set."""
+    for _ in range(MAX_ITERATIONS):
+        if stop.is_set():
+            return
+        if rng.random() < SPIN_SHARE:
+            kind, params = "spin", {"seconds": round(rng.uniform(0.05, 0.3), 3)}
+        else:
+            kind, params = "noop", {}
+        job_id = await submit(session, stats, kind, params)
+        if job_id is None:
+            await asyncio.sleep(0.5)
+            continue
+
+        if kind == "spin":
+            session.running_spins.add(job_id)
+        if job_id not in session.ended:
+            waiter = session.waiters[job_id] = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(waiter, JOB_WAIT_S)
+            except TimeoutError:
+                # The final check reads the job list, so a job whose end was missed here still counts.
+                session.waiters.pop(job_id, None)
+        session.running_spins.discard(job_id)
+
+
+# Worker kills and /readyz
+
+
+def pool_workers(server_pid: int, manager_pid: int) -> list[psutil.Process]:
+    children = psutil.Process(server_pid).children()
+    return [child for child in children if child.pid != manager_pid and is_spawned(child)]
+
+
+def is_spawned(process: psutil.Process) -> bool:
+    try:
+        return any("spawn_main" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def find_manager(server_pid: int) -> int:
+    """Return the Manager's pid: the oldest spawned child, because the server starts it before the pool."""
+    spawned = [child for child in psutil.Process(server_pid).children() if is_spawned(child)]
+    return min(spawned, key=lambda child: child.create_time()).pid
+
+
+async def spin_worker_pids(sessions: list[Session]) -> dict[int, str]:
+    """Map worker pids to the running ``spin`` job each reports in its progress message."""
+    async def read(session: Session, job_id: str) -> tuple[int, str] | None:
+        try:
+            response = await session.client.get(f"/api/sessions/{session.session_id}/jobs/{job_id}")
+        except httpx.HTTPError:
+            return None
+        record = response.json() if response.status_code == 200 else {}
+        match = PID_MESSAGE.fullmatch((record.get("progress") or {}).get("message") or "")
+        return (int(match.group(1)), job_id) if record.get("state") == "running" and match else None
+
+    found = await asyncio.gather(*(read(session, job_id) for session in sessions
+                                   for job_id in list(session.running_spins)))
+    return dict(item for item in found if item is not None)
+
+
+async def kill_repeatedly(server_pid: int, manager_pid: int, sessions: list[Session], stats: Stats,
+                          stop: asyncio.Event, rng: random.Random) -> None:
+    """Every 2 s, kill one pool worker, preferably one running a ``spin`` job."""
+    for _ in range(MAX_ITERATIONS):
+        try:
+            await asyncio.wait_for(stop.wait(), KILL_INTERVAL_S)
+            return
+        except TimeoutError:
+            pass
+        workers = pool_workers(server_pid, manager_pid)
+        spin_pids = await spin_worker_pids(sessions)
+        candidates = [worker for worker in workers if worker.pid in spin_pids] or workers
+        if not candidates:
+            stats.note(f"no pool worker found at {time.monotonic():.1f}")
+            continue
+        target = rng.choice(candidates)
+        try:
+            target.kill()
+        except psutil.NoSuchProcess:
+            continue
+        stats.kills.append((time.monotonic(), target.pid, spin_pids.get(target.pid)))
+
+
+async def poll_readyz(base_url: str, stats: Stats, stop: asyncio.Event) -> None:
+    """Record the longest stretch in which ``/readyz`` returned no 200 within 1 s."""
+    down_since: float | None = None
+    async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as client:
+        for _ in range(MAX_ITERATIONS):
+            if stop.is_set():
+                return
+            started = time.monotonic()
+            try:
+                ready = (await client.get("/readyz")).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            finished = time.monotonic()
+            stats.readyz_max_latency_s = max(stats.readyz_max_latency_s, finished - started)
+
+            if ready:
+                down_since = None
+            else:
+                down_since = started if down_since is None else down_since
+                stats.readyz_max_down_s = max(stats.readyz_max_down_s, finished - down_since)
+            await asyncio.sleep(max(0.0, READYZ_INTERVAL_S - (finished - started)))
+
+
+# The run
+
+
+async def create_session(base_url: str) -> Session:
+    client = httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S)
+    response = await client.post("/api/sessions")
+    response.raise_for_status()
+    body = response.json()
+    client.headers["Authorization"] = f"Bearer {body['token']}"
+    return Session(body["session_id"], body["token"], client)
+
+
+async def final_records(sessions: list[Session]) -> dict[str, dict[str, Any]]:
+    """Wait up to 60 s until the server reports every submitted job terminal; return the last records read."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline and any(set(session.jobs) - session.ended for session in sessions):
+        await asyncio.sleep(0.2)
+
+    records: dict[str, dict[str, Any]] = {}
+    for _ in range(int(DRAIN_TIMEOUT_S)):
+        for session in sessions:
+            response = await session.client.get(f"/api/sessions/{session.session_id}/jobs")
+            response.raise_for_status()
+            records.update((job["job_id"], job) for job in response.json()["jobs"])
+        unfinished = [job_id for session in sessions for job_id in session.jobs
+                      if records.get(job_id, {}).get("state") not in TERMINAL_STATES]
+        if not unfinished or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    return records
+
+
+def count_outcomes(sessions: list[Session], records: dict[str, dict[str, Any]], stats: Stats) -> dict[str, int]:
+    counts = {"succeeded": 0, "with_cause": 0, "lost": 0, "without_cause": 0}
+    for session in sessions:
+        for job_id, kind in session.jobs.items():
+            record = records.get(job_id, {"state": "missing"})
+            error = record.get("error") or {}
+            if record["state"] not in TERMINAL_STATES:
+                outcome = "lost"
+            elif record["state"] == "succeeded":
+                outcome = "succeeded"
+            elif (record["state"] == "failed" and error.get("type") == "WorkerCrashed"
+                  and record.get("attempts") == KILLED_TWICE_ATTEMPTS):
+                outcome = "with_cause"
+            else:
+                outcome = "without_cause"
+            counts[outcome] += 1
+            if outcome in ("lost", "without_cause"):
+                stats.note(f"{kind} job {job_id} {outcome}: state {record['state']}, "
+                           f"attempts {record.get('attempts')}, error {error}")
+    return counts
+
+
+async def soak(server: ServerProcess, seconds: float) -> tuple[dict[str, Any], Stats]:
+    """Run the load for ``seconds``, then wait for the jobs. Return the result table and the stats."""
+    stats = Stats()
+    rng = random.Random()
+    server_pid = server.process.pid
+    manager_pid = find_manager(server_pid)
+    rss_start = psutil.Process(server_pid).memory_info().rss
+    sessions = [await create_session(server.url) for _ in range(SESSIONS)]
+    stop = asyncio.Event()
+    started = time.monotonic()
+
+    streams = [asyncio.create_task(track(session, stats)) for session in sessions]
+    streams += [asyncio.create_task(drop_repeatedly(session, stats, random.Random(rng.random())))
+                for session in sessions for _ in range(DROPPERS_PER_SESSION)]
+    load = [asyncio.create_task(submit_repeatedly(session, stats, stop, random.Random(rng.random())))
+            for session in sessions for _ in range(CLIENTS_PER_SESSION)]
+    load.append(asyncio.create_task(kill_repeatedly(server_pid, manager_pid, sessions, stats, stop, rng)))
+    load.append(asyncio.create_task(poll_readyz(server.url, stats, stop)))
+
+    await asyncio.sleep(seconds)
+    stop.set()
+    # Re-raises an error of any task: that is a bug in this script, not a finding.
+    await asyncio.wait_for(asyncio.gather(*load), JOB_WAIT_S + REQUEST_TIMEOUT_S)
+    elapsed = time.monotonic() - started
+    records = await final_records(sessions)
+    readyz = (await sessions[0].client.get("/readyz")).json()
+    rss_end = psutil.Process(server_pid).memory_info().rss
+
+    for task in streams:
+        task.cancel()
+    await asyncio.gather(*streams, return_exceptions=True)
+    audits = [task for session in sessions for task in session.audits]
+    if audits:
+        await asyncio.wait(audits, timeout=REQUEST_TIMEOUT_S)
+    for session in sessions:
+        await session.client.aclose()
+
+    counts = count_outcomes(sessions, records, stats)
+    table = {
+        "seconds run": f"{elapsed:.1f}",
+        "jobs submitted": stats.submitted,
+        "succeeded": counts["succeeded"],
+        "failed with cause (killed twice)": counts["with_cause"],
+        "lost": counts["lost"],
+        "failed without cause": counts["without_cause"],
+        "workers killed (running spin)": f"{len(stats.kills)} ({sum(1 for kill in stats.kills if kill[2])})",
+        "worker restarts (/readyz)": readyz.get("worker_restarts"),
+        "429 responses": stats.rejected_429,
+        "request errors": stats.request_errors,
+        "websocket drops / resumes with ?after": f"{stats.ws_drops} / {stats.ws_resumes}",
+        "seq gaps / duplicates": f"{stats.seq_gaps} / {stats.seq_duplicates}",
+        "seq skips of merged progress": stats.progress_merges,
+        "longest /readyz non-200, ms": f"{stats.readyz_max_down_s * 1000:.0f}",
+        "slowest /readyz, ms": f"{stats.readyz_max_latency_s * 1000:.0f}",
+        "server RSS start -> end, MiB": f"{rss_start / 2**20:.0f} -> {rss_end / 2**20:.0f}",
+    }
+    passed = (counts["lost"] == 0 and counts["without_cause"] == 0 and stats.seq_gaps == 0
+              and stats.seq_duplicates == 0 and stats.request_errors == 0)
+    table["result"] = "passed" if passed else "FAILED"
+    return table, stats
+
+
+def print_log_problems(lines: list[str]) -> None:
+    """Print the count of WARNING and ERROR lines, and the first distinct unexpected ones without ids."""
+    unexpected = [line for line in lines if not any(marker in line for marker in EXPECTED_LOG_MARKERS)]
+    print(f"server log: {len(lines)} warning/error lines, {len(lines) - len(unexpected)} of them "
+          "expected (killed workers)")
+    distinct: dict[str, str] = {}
+    for line in unexpected:
+        # Drop the timestamp, then replace ids and numbers so repeats of one message collapse.
+        shape = re.sub(r"[0-9a-f]{32}|\d+(\.\d+)?", "N", line.split(" ", 2)[-1])
+        distinct.setdefault(shape, line)
+    for line in list(distinct.values())[:5]:
+        print(f"  {line[:300]}")
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {value}: use more than 0")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/soak.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=positive_seconds, default=600.0,
+                        help="seconds of load before the final checks (default 600)")
+    seconds = parser.parse_args(argv).seconds
+
+    directory = Path(tempfile.mkdtemp(prefix="offload-soak-"))
+    port = free_port()
+    server = start_server("Offload", [
+        "-m", "app.main", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(directory / "data"),
+        "--workers", "2", "--extra-kinds", "bench.kinds,tests.kinds",
+    ], port, directory / "offload.log")
+    table: dict[str, Any] = {}
+    stats = Stats()
+    try:
+        wait_ready(server, "GET", "/readyz", 200)
+        table, stats = asyncio.run(soak(server, seconds))
+    except (ServerError, httpx.HTTPError, OSError, psutil.Error) as error:
+        print(f"soak test failed: {type(error).__name__}: {error}", file=sys.stderr)
+    finally:
+        children = psutil.Process(server.process.pid).children(recursive=True) if server.process.poll() is None else []
+        exit_code = stop_server(server)
+        # The server's children watch it and exit with it; any still alive after 5 s is a leak.
+        _, leftovers = psutil.wait_procs(children, timeout=5)
+        for process in leftovers:
+            process.kill()
+        problems = server.problem_lines()
+        shutil.rmtree(directory, ignore_errors=True)
+
+    table["server exit code"] = "killed after 15 s" if exit_code is None else exit_code
+    table["leftover child processes"] = len(leftovers)
+    table["machine"] = (f"{os.cpu_count()} CPUs, {platform.platform()}, "
+                        f"{platform.python_implementation()} {platform.python_version()}")
+    width = max(len(label) for label in table)
+    for label, value in table.items():
+        print(f"{label:<{width}}  {value}")
+    print_log_problems(problems)
+    for note in stats.notes:
+        print(f"note: {note}")
+    return 0 if table.get("result") == "passed" and exit_code == 0 and not leftovers else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
