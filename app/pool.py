@@ -1,8 +1,8 @@
 """``WorkerPool``: worker processes that run jobs, one job per worker at a time.
 
 Each worker is the single process of its own ``ProcessPoolExecutor``. A crash, a kill for
-cancellation, a time limit or a memory limit therefore breaks only the executor of that worker: the
-jobs on the other workers never notice, and the pool knows which job a dead worker was running.
+cancellation, a time limit or a memory limit therefore breaks only the executor of that worker. The
+jobs on the other workers go on, and the pool can tell which job a dead worker was running.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ class WorkerPool:
         if process is None:
             return None
         await asyncio.to_thread(process.join, STOP_TIMEOUT_S)
-        # The executor's management thread reaps the process too; whichever thread loses that race
-        # sees no exit code until the winner has stored it.
+        # The executor's management thread reaps the process too, and whichever thread loses that
+        # race reads no exit code until the winner has stored it.
         for _ in range(100):
             if process.exitcode is not None:
                 return process.exitcode

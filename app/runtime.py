@@ -109,7 +109,7 @@ class Runtime:
         self._lock = lock
 
     def _open_journal(self) -> JournalContents:
-        """Read the journal, drop expired sessions and directories nobody knows, interrupt unfinished jobs."""
+        """Read the journal, drop expired sessions and unknown directories, interrupt unfinished jobs."""
         journal = self.journal = Journal(self.layout.journal_path)
         try:
             contents = journal.open()

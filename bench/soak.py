@@ -221,7 +221,9 @@ def drop(connection: ClientConnection, reset: bool) -> None:
         # A zero SO_LINGER timeout makes close() send RST. struct linger is two C ints on POSIX and
         # two u_shorts on Windows.
         linger = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
-        connection.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        sock = connection.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
     connection.transport.abort()
 
 
