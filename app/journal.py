@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import sqlite3
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .batching import BatchWriter
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +40,6 @@ CREATE INDEX IF NOT EXISTS files_by_session ON files (session_id);
 CREATE INDEX IF NOT EXISTS jobs_by_session ON jobs (session_id);
 """
 
-_STOP = object()
-
-
 @dataclass
 class JournalContents:
     """Everything the journal held at start-up, oldest first."""
@@ -58,8 +55,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._connection: sqlite3.Connection | None = None
-        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._writer = BatchWriter("offload-journal", self._commit)
         self._failures = 0
 
     def open(self) -> JournalContents:
@@ -81,49 +77,32 @@ class Journal:
         return contents
 
     def start(self) -> None:
-        self._writer = threading.Thread(target=self._write_loop, name="offload-journal", daemon=True)
         self._writer.start()
 
     def stop(self, timeout: float) -> None:
         """Commit the queued writes and close the database; blocks, so call it off the event loop."""
-        if self._writer is not None and self._writer.is_alive():
-            self._writes.put(_STOP)
-            self._writer.join(timeout)
-        if self._connection is not None and (self._writer is None or not self._writer.is_alive()):
+        if self._writer.stop(timeout) and self._connection is not None:
             self._connection.close()
             self._connection = None
 
     # Writes, queued from the event loop
 
     def put_session(self, row: dict[str, Any]) -> None:
-        self._writes.put(("session", row["session_id"], row))
+        self._writer.put(("session", row["session_id"], row))
 
     def delete_session(self, session_id: str) -> None:
-        self._writes.put(("delete_session", session_id, None))
+        self._writer.put(("delete_session", session_id, None))
 
     def put_file(self, record: dict[str, Any]) -> None:
-        self._writes.put(("file", record["file_id"], record))
+        self._writer.put(("file", record["file_id"], record))
 
     def delete_file(self, file_id: str) -> None:
-        self._writes.put(("delete_file", file_id, None))
+        self._writer.put(("delete_file", file_id, None))
 
     def put_job(self, record: dict[str, Any]) -> None:
-        self._writes.put(("job", record["job_id"], record))
+        self._writer.put(("job", record["job_id"], record))
 
     # Writer thread
-
-    def _write_loop(self) -> None:
-        while True:
-            batch = [self._writes.get()]
-            while True:
-                try:
-                    batch.append(self._writes.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(item is _STOP for item in batch)
-            self._commit([item for item in batch if item is not _STOP])
-            if stop:
-                return
 
     def _commit(self, batch: list[tuple[str, str, Any]]) -> None:
         if not batch or self._connection is None:

@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import queue
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
 from typing import Any
 
+from .batching import BatchWriter
 from .journal import Journal
 
 logger = logging.getLogger(__name__)
@@ -29,7 +28,6 @@ JOURNAL_TOUCH_INTERVAL_S = 30.0
 
 # Sentinel for a key removed from a Manager dict.
 _DELETE = object()
-_STOP = object()
 
 Record = dict[str, Any]
 
@@ -82,19 +80,15 @@ class SessionStore:
         self.shared_jobs = manager.dict()
         # Job id -> True once the job was asked to stop; workers poll it through JobContext.
         self.cancel_flags = manager.dict()
-        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._writer = BatchWriter("offload-store-writer", self._apply)
         self.manager_lost = False
 
     def start(self) -> None:
-        self._writer = threading.Thread(target=self._write_loop, name="offload-store-writer", daemon=True)
         self._writer.start()
 
     def stop(self, timeout: float) -> None:
         """Apply the queued writes, then stop the writer thread; blocks, so call it off the event loop."""
-        self._writes.put(_STOP)
-        if self._writer is not None:
-            self._writer.join(timeout)
+        self._writer.stop(timeout)
 
     # Sessions
 
@@ -197,20 +191,7 @@ class SessionStore:
     # Writer thread
 
     def _queue_write(self, target: Any, key: str, value: Any) -> None:
-        self._writes.put((target, key, value))
-
-    def _write_loop(self) -> None:
-        while True:
-            batch = [self._writes.get()]
-            while True:
-                try:
-                    batch.append(self._writes.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(item is _STOP for item in batch)
-            self._apply([item for item in batch if item is not _STOP])
-            if stop:
-                return
+        self._writer.put((target, key, value))
 
     def _apply(self, batch: list[tuple[Any, str, Any]]) -> None:
         if self.manager_lost or not batch:

@@ -82,6 +82,7 @@ class Stats:
     readyz_max_down_s: float = 0.0
     readyz_max_latency_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
         if len(self.notes) < 20:
@@ -167,8 +168,10 @@ async def audit_skip(session: Session, stats: Stats, last_seq: int, seq: int) ->
                     missing.discard(event["seq"])
                     if event["type"] != "progress":
                         lost.append(f"{event['seq']} ({event['type']})")
-    except (TimeoutError, OSError, ConnectionClosed, InvalidHandshake) as error:
-        lost.append(f"backlog unreadable: {type(error).__name__}: {error}")
+    except TimeoutError:
+        lost.append(f"backlog read timed out after {REQUEST_TIMEOUT_S:.0f} s")
+    except (OSError, ConnectionClosed, InvalidHandshake) as error:
+        lost.append(f"backlog read failed: {error!r}")
     if missing and not lost:
         lost.append(f"{sorted(missing)[:5]} not in the backlog")
 
@@ -230,33 +233,9 @@ def drop(connection: ClientConnection, reset: bool) -> None:
 # Jobs
 
 
-async def submit(session: Session, stats: Stats, kind: str, params: dict[str, Any]) -> str | None:
-    """Submit a job, waiting out 429 responses. Return its id, or None if the request failed."""
-    path = f"/api/sessions/{session.session_id}/jobs"
-    for _ in range(100):
-        try:
-            response = await session.client.post(path, json={"kind": kind, "inputs": [], "params": params})
-        except httpx.HTTPError as error:
-            stats.request_errors += 1
-            stats.note(f"POST {path} failed: {error!r}")
-            return None
-        if response.status_code == 429:
-            stats.rejected_429 += 1
-            await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-            continue
-        if response.status_code != 202:
-            stats.request_errors += 1
-            stats.note(f"POST {path} returned {response.status_code}: {response.text[:200]}")
-            return None
-        job_id: str = response.json()["job_id"]
-        session.jobs[job_id] = kind
-        stats.submitted += 1
-        return job_id
-    return None
-
-
 async def submit_repeatedly(session: Session, stats: Stats, stop: asyncio.Event, rng: random.Random) -> None:
-    """Keep one job in flight until ``stop`` is set."""
+    """Keep one job in flight until ``stop`` is set, waiting out 429 responses."""
+    path = f"/api/sessions/{session.session_id}/jobs"
     for _ in range(MAX_ITERATIONS):
         if stop.is_set():
             return
@@ -264,42 +243,56 @@ async def submit_repeatedly(session: Session, stats: Stats, stop: asyncio.Event,
             kind, params = "spin", {"seconds": round(rng.uniform(0.05, 0.3), 3)}
         else:
             kind, params = "noop", {}
-        job_id = await submit(session, stats, kind, params)
-        if job_id is None:
+        try:
+            response = await session.client.post(path, json={"kind": kind, "inputs": [], "params": params})
+        except httpx.HTTPError as error:
+            stats.request_errors += 1
+            stats.note(f"POST {path} failed: {error!r}")
+            await asyncio.sleep(0.5)
+            continue
+        if response.status_code == 429:
+            stats.rejected_429 += 1
+            await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+            continue
+        if response.status_code != 202:
+            stats.request_errors += 1
+            stats.note(f"POST {path} returned {response.status_code}: {response.text[:200]}")
             await asyncio.sleep(0.5)
             continue
 
-        if kind == "spin":
-            session.running_spins.add(job_id)
-        if job_id not in session.ended:
-            waiter = session.waiters[job_id] = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(waiter, JOB_WAIT_S)
-            except TimeoutError:
-                # The final check reads the job list, so a job whose end was missed here still counts.
-                session.waiters.pop(job_id, None)
-        session.running_spins.discard(job_id)
+        job_id: str = response.json()["job_id"]
+        session.jobs[job_id] = kind
+        stats.submitted += 1
+        await wait_job(session, job_id, kind == "spin")
+
+
+async def wait_job(session: Session, job_id: str, spin: bool) -> None:
+    """Wait up to 30 s for the session stream to report the job's end."""
+    if spin:
+        session.running_spins.add(job_id)
+    if job_id not in session.ended:
+        waiter = session.waiters[job_id] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(waiter, JOB_WAIT_S)
+        except TimeoutError:
+            # The final check reads the job list, so a job whose end was missed here still counts.
+            session.waiters.pop(job_id, None)
+    session.running_spins.discard(job_id)
 
 
 # Worker kills and /readyz
 
 
-def pool_workers(server_pid: int, manager_pid: int) -> list[psutil.Process]:
-    children = psutil.Process(server_pid).children()
-    return [child for child in children if child.pid != manager_pid and is_spawned(child)]
-
-
-def is_spawned(process: psutil.Process) -> bool:
-    try:
-        return any("spawn_main" in part for part in process.cmdline())
-    except psutil.Error:
-        return False
-
-
-def find_manager(server_pid: int) -> int:
-    """Return the Manager's pid: the oldest spawned child, because the server starts it before the pool."""
-    spawned = [child for child in psutil.Process(server_pid).children() if is_spawned(child)]
-    return min(spawned, key=lambda child: child.create_time()).pid
+def spawned_children(server_pid: int) -> list[psutil.Process]:
+    """Return the server's children started by multiprocessing's spawn, oldest first."""
+    spawned = []
+    for child in psutil.Process(server_pid).children():
+        try:
+            if any("spawn_main" in part for part in child.cmdline()):
+                spawned.append((child.create_time(), child))
+        except psutil.Error:
+            pass
+    return [child for _, child in sorted(spawned, key=lambda item: item[0])]
 
 
 async def spin_worker_pids(sessions: list[Session]) -> dict[int, str]:
@@ -327,7 +320,7 @@ async def kill_repeatedly(server_pid: int, manager_pid: int, sessions: list[Sess
             return
         except TimeoutError:
             pass
-        workers = pool_workers(server_pid, manager_pid)
+        workers = [child for child in spawned_children(server_pid) if child.pid != manager_pid]
         spin_pids = await spin_worker_pids(sessions)
         candidates = [worker for worker in workers if worker.pid in spin_pids] or workers
         if not candidates:
@@ -379,9 +372,6 @@ async def create_session(base_url: str) -> Session:
 async def final_records(sessions: list[Session]) -> dict[str, dict[str, Any]]:
     """Wait up to 60 s until the server reports every submitted job terminal; return the last records read."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while time.monotonic() < deadline and any(set(session.jobs) - session.ended for session in sessions):
-        await asyncio.sleep(0.2)
-
     records: dict[str, dict[str, Any]] = {}
     for _ in range(int(DRAIN_TIMEOUT_S)):
         for session in sessions:
@@ -418,12 +408,12 @@ def count_outcomes(sessions: list[Session], records: dict[str, dict[str, Any]], 
     return counts
 
 
-async def soak(server: ServerProcess, seconds: float) -> tuple[dict[str, Any], Stats]:
-    """Run the load for ``seconds``, then wait for the jobs. Return the result table and the stats."""
-    stats = Stats()
+async def soak(server: ServerProcess, seconds: float, stats: Stats) -> dict[str, Any]:
+    """Run the load for ``seconds``, then wait for the jobs to end. Return the rows of the result table."""
     rng = random.Random()
     server_pid = server.process.pid
-    manager_pid = find_manager(server_pid)
+    # The server starts the Manager before the pool, so it is the oldest spawned child.
+    manager_pid = spawned_children(server_pid)[0].pid
     rss_start = psutil.Process(server_pid).memory_info().rss
     sessions = [await create_session(server.url) for _ in range(SESSIONS)]
     stop = asyncio.Event()
@@ -456,7 +446,11 @@ async def soak(server: ServerProcess, seconds: float) -> tuple[dict[str, Any], S
         await session.client.aclose()
 
     counts = count_outcomes(sessions, records, stats)
-    table = {
+    checks = {"jobs lost": counts["lost"], "jobs failed without cause": counts["without_cause"],
+              "seq gaps": stats.seq_gaps, "seq duplicates": stats.seq_duplicates,
+              "request errors": stats.request_errors}
+    stats.failures += [f"{count} {name}" for name, count in checks.items() if count]
+    return {
         "seconds run": f"{elapsed:.1f}",
         "jobs submitted": stats.submitted,
         "succeeded": counts["succeeded"],
@@ -474,10 +468,20 @@ async def soak(server: ServerProcess, seconds: float) -> tuple[dict[str, Any], S
         "slowest /readyz, ms": f"{stats.readyz_max_latency_s * 1000:.0f}",
         "server RSS start -> end, MiB": f"{rss_start / 2**20:.0f} -> {rss_end / 2**20:.0f}",
     }
-    passed = (counts["lost"] == 0 and counts["without_cause"] == 0 and stats.seq_gaps == 0
-              and stats.seq_duplicates == 0 and stats.request_errors == 0)
-    table["result"] = "passed" if passed else "FAILED"
-    return table, stats
+
+
+def stop_and_reap(server: ServerProcess) -> tuple[int | None, int]:
+    """Stop the server. Return its exit code (None if killed) and how many children outlived it."""
+    try:
+        children = psutil.Process(server.process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    exit_code = stop_server(server)
+    # The children watch the server and exit with it, so any still alive after 5 s is a leak.
+    _, leftovers = psutil.wait_procs(children, timeout=5)
+    for process in leftovers:
+        process.kill()
+    return exit_code, len(leftovers)
 
 
 def print_log_problems(lines: list[str]) -> None:
@@ -494,21 +498,13 @@ def print_log_problems(lines: list[str]) -> None:
         print(f"  {line[:300]}")
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {value}: use more than 0")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/soak.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=positive_seconds, default=600.0,
+    parser.add_argument("--seconds", type=float, default=600.0,
                         help="seconds of load before the final checks (default 600)")
     seconds = parser.parse_args(argv).seconds
+    if not seconds > 0:
+        parser.error(f"invalid --seconds {seconds}: use a number above 0")
 
     directory = Path(tempfile.mkdtemp(prefix="offload-soak-"))
     port = free_port()
@@ -520,30 +516,28 @@ def main(argv: list[str] | None = None) -> int:
     stats = Stats()
     try:
         wait_ready(server, "GET", "/readyz", 200)
-        table, stats = asyncio.run(soak(server, seconds))
+        table = asyncio.run(soak(server, seconds, stats))
     except (ServerError, httpx.HTTPError, OSError, psutil.Error) as error:
-        print(f"soak test failed: {type(error).__name__}: {error}", file=sys.stderr)
+        stats.failures.append(f"the run stopped early: {type(error).__name__}: {error}")
     finally:
-        children = psutil.Process(server.process.pid).children(recursive=True) if server.process.poll() is None else []
-        exit_code = stop_server(server)
-        # The server's children watch it and exit with it; any still alive after 5 s is a leak.
-        _, leftovers = psutil.wait_procs(children, timeout=5)
-        for process in leftovers:
-            process.kill()
+        exit_code, leftovers = stop_and_reap(server)
         problems = server.problem_lines()
         shutil.rmtree(directory, ignore_errors=True)
 
-    table["server exit code"] = "killed after 15 s" if exit_code is None else exit_code
-    table["leftover child processes"] = len(leftovers)
+    if exit_code != 0:
+        stats.failures.append(f"server exit code {exit_code}" if exit_code is not None else "server killed after 15 s")
+    if leftovers:
+        stats.failures.append(f"{leftovers} server child processes outlived it and were killed")
     table["machine"] = (f"{os.cpu_count()} CPUs, {platform.platform()}, "
                         f"{platform.python_implementation()} {platform.python_version()}")
+    table["result"] = "FAILED: " + "; ".join(stats.failures) if stats.failures else "passed"
     width = max(len(label) for label in table)
     for label, value in table.items():
         print(f"{label:<{width}}  {value}")
     print_log_problems(problems)
     for note in stats.notes:
         print(f"note: {note}")
-    return 0 if table.get("result") == "passed" and exit_code == 0 and not leftovers else 1
+    return 1 if stats.failures else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""``BatchWriter``: one thread that applies queued writes in batches, for work that must leave the loop."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_STOP = object()
+
+
+class BatchWriter:
+    """Queue items from any thread; one daemon thread hands everything queued so far to ``apply``.
+
+    ``apply`` receives the items in the order they were queued, so it can let a later write to the
+    same key replace an earlier one. It runs only in the writer thread.
+    """
+
+    def __init__(self, name: str, apply: Callable[[list[Any]], None]) -> None:
+        self._apply = apply
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        self._items.put(item)
+
+    def stop(self, timeout: float) -> bool:
+        """Apply what is queued, then end the thread; return whether it ended within ``timeout`` s."""
+        if not self._thread.is_alive():
+            return True
+        self._items.put(_STOP)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._items.get()]
+            while True:
+                try:
+                    batch.append(self._items.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            self._apply([item for item in batch if item is not _STOP])
+            if stop:
+                return
