@@ -4,7 +4,7 @@ Run it from the repository root as ``python bench/soak.py [--seconds N]`` or ``p
 (default 600 s). For that long, at the same time:
 
 * 16 clients in 4 sessions each keep one job in flight: mostly ``noop``, 10% ``spin`` of 0.05-0.3 s;
-* every 2 s one pool worker is killed, one running a ``spin`` job when there is one;
+* every 2 s one of the 2 pool workers is killed, one running a ``spin`` job when there is one;
 * websocket clients drop their connection without a close handshake at random moments, and most
   reconnect with ``?after=SEQ``;
 * ``/readyz`` is polled every 50 ms.
@@ -12,10 +12,10 @@ Run it from the repository root as ``python bench/soak.py [--seconds N]`` or ``p
 Then it stops submitting, waits up to 60 s for every job to end, and prints one table. A job whose
 worker was killed on both of its attempts fails with ``WorkerCrashed``: "failed with cause". Any
 other job that did not succeed is "failed without cause", and a job still not terminal is "lost".
-A seq gap is an event missing from a stream. The server may merge a slow client's unsent progress
+A seq gap is an event missing from a stream. The server merges a slow client's unsent progress
 events, so each skip is checked against the backlog, and a skip of only progress events counts as
 merged. The exit status is 1 if a job was lost or failed without cause, a stream had a gap or a
-duplicate, or a request failed.
+duplicate, a request failed, or the server did not stop cleanly.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ import psutil  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidHandshake  # noqa: E402
 
-from bench.servers import ServerError, ServerProcess, free_port, start_server, stop_server, wait_ready  # noqa: E402
+from bench.servers import (  # noqa: E402
+    ServerError, ServerProcess, free_port, start_server, stop_server, wait_ready)
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out", "interrupted"})
 SESSIONS = 4
@@ -60,20 +61,23 @@ READYZ_INTERVAL_S = 0.05
 REQUEST_TIMEOUT_S = 30.0
 JOB_WAIT_S = 30.0
 DRAIN_TIMEOUT_S = 60.0
-# With the server's default --crash-retries 1, a job fails after its worker died on 2 attempts.
+# With the server's default --crash-retries 1, a job fails once its worker died on 2 attempts.
 KILLED_TWICE_ATTEMPTS = 2
-# Loop bounds far above what a 600 s run reaches; the run's deadline ends the loops first.
+# Loop bounds far above what a 600 s run reaches, so the run's deadline ends the loops first.
 MAX_ITERATIONS = 1_000_000
-EXPECTED_LOG_MARKERS = ("killed its worker", "replacing it")
+# Log lines that the kills cause. They report that a job's worker died, or an idle or starting one.
+EXPECTED_LOG_MARKERS = ("killed its worker", "replacing it", "failed (BrokenProcessPool")
 PID_MESSAGE = re.compile(r"pid (\d+)")
 
 
 @dataclass
 class Stats:
+    """Counters and findings of one run, shared by every task."""
+
     submitted: int = 0
     rejected_429: int = 0
     request_errors: int = 0
-    kills: list[tuple[float, int, str | None]] = field(default_factory=list)  # (time, pid, spin job id)
+    kills: list[tuple[float, int, str | None]] = field(default_factory=list)  # (monotonic s, pid, spin job id)
     ws_drops: int = 0
     ws_resumes: int = 0
     seq_gaps: int = 0
@@ -91,6 +95,8 @@ class Stats:
 
 @dataclass
 class Session:
+    """An API session: its client, the jobs submitted in it, and those its streams reported ended."""
+
     session_id: str
     token: str
     client: httpx.AsyncClient
@@ -100,11 +106,6 @@ class Session:
     running_spins: set[str] = field(default_factory=set)
     audits: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def ws_url(self, after: int | None) -> str:
-        url = f"{self.client.base_url}/api/sessions/{self.session_id}/ws?token={self.token}"
-        url = url.replace("http://", "ws://", 1)
-        return url if after is None else f"{url}&after={after}"
-
     def mark_ended(self, job_id: str) -> None:
         self.ended.add(job_id)
         waiter = self.waiters.pop(job_id, None)
@@ -113,8 +114,10 @@ class Session:
 
 
 async def open_ws(session: Session, after: int | None) -> ClientConnection:
+    url = f"{session.client.base_url}/api/sessions/{session.session_id}/ws?token={session.token}"
+    url = url.replace("http://", "ws://", 1) + ("" if after is None else f"&after={after}")
     # A snapshot contains every job record of the session, so it outgrows the 1 MiB default.
-    return await connect(session.ws_url(after), max_size=None, open_timeout=REQUEST_TIMEOUT_S, close_timeout=2)
+    return await connect(url, max_size=None, open_timeout=REQUEST_TIMEOUT_S, close_timeout=2)
 
 
 # Websocket streams
@@ -122,7 +125,7 @@ async def open_ws(session: Session, after: int | None) -> ClientConnection:
 
 async def follow(connection: ClientConnection, session: Session, stats: Stats, last_seq: int | None,
                  seconds: float | None) -> int | None:
-    """Read events for ``seconds`` or until the server closes; check each seq. Return the last seq read."""
+    """Read events for ``seconds`` or until the server closes, checking each seq. Return the last seq read."""
     try:
         async with asyncio.timeout(seconds):
             async for message in connection:
@@ -155,7 +158,7 @@ async def follow(connection: ClientConnection, session: Session, stats: Stats, l
 
 
 async def audit_skip(session: Session, stats: Stats, last_seq: int, seq: int) -> None:
-    """Read the backlog between two seqs: a skip of only progress events is a merge, anything else a gap."""
+    """Classify a seq skip by reading the backlog. A skip of only progress events is a merge, else a gap."""
     missing = set(range(last_seq + 1, seq))
     lost: list[str] = []
     try:
@@ -183,7 +186,7 @@ async def audit_skip(session: Session, stats: Stats, last_seq: int, seq: int) ->
 
 
 async def track(session: Session, stats: Stats) -> None:
-    """Keep one connection open to learn when jobs end; reconnect with ?after=SEQ whenever it closes."""
+    """Keep one connection open to learn when jobs end, and reconnect with ?after=SEQ whenever it closes."""
     last_seq: int | None = None
     for _ in range(MAX_ITERATIONS):
         try:
@@ -191,7 +194,7 @@ async def track(session: Session, stats: Stats) -> None:
                 last_seq = await follow(connection, session, stats, last_seq, None)
         except (OSError, InvalidHandshake) as error:
             stats.request_errors += 1
-            stats.note(f"session {session.session_id}: tracker connect failed: {error!r}")
+            stats.note(f"session {session.session_id}: websocket connect failed: {error!r}")
             await asyncio.sleep(0.5)
 
 
@@ -199,10 +202,10 @@ async def drop_repeatedly(session: Session, stats: Stats, rng: random.Random) ->
     """Connect, read for 0.2-2 s, drop the TCP connection, and reconnect, mostly with ?after=SEQ."""
     last_seq: int | None = None
     for _ in range(MAX_ITERATIONS):
-        if last_seq is None or rng.random() >= RESUME_SHARE:
-            last_seq = None
-        else:
+        if last_seq is not None and rng.random() < RESUME_SHARE:
             stats.ws_resumes += 1
+        else:
+            last_seq = None
         try:
             connection = await open_ws(session, last_seq)
         except (OSError, InvalidHandshake) as error:
@@ -210,6 +213,7 @@ async def drop_repeatedly(session: Session, stats: Stats, rng: random.Random) ->
             stats.note(f"session {session.session_id}: websocket connect failed: {error!r}")
             await asyncio.sleep(0.5)
             continue
+
         try:
             last_seq = await follow(connection, session, stats, last_seq, rng.uniform(0.2, 2.0))
         finally:
@@ -219,14 +223,13 @@ async def drop_repeatedly(session: Session, stats: Stats, rng: random.Random) ->
 
 
 def drop(connection: ClientConnection, reset: bool) -> None:
-    """Close the TCP connection without a websocket close handshake; with ``reset``, send RST instead of FIN."""
-    if reset:
+    """Close the TCP connection without a websocket close handshake, with RST instead of FIN if ``reset``."""
+    sock = connection.transport.get_extra_info("socket")
+    if reset and sock is not None:
         # A zero SO_LINGER timeout makes close() send RST. struct linger is two C ints on POSIX and
         # two u_shorts on Windows.
         linger = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
-        sock = connection.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
     connection.transport.abort()
 
 
@@ -244,19 +247,19 @@ async def submit_repeatedly(session: Session, stats: Stats, stop: asyncio.Event,
         else:
             kind, params = "noop", {}
         try:
-            response = await session.client.post(path, json={"kind": kind, "inputs": [], "params": params})
+            response: httpx.Response | None = await session.client.post(
+                path, json={"kind": kind, "inputs": [], "params": params})
         except httpx.HTTPError as error:
-            stats.request_errors += 1
+            response = None
             stats.note(f"POST {path} failed: {error!r}")
-            await asyncio.sleep(0.5)
-            continue
-        if response.status_code == 429:
+        if response is not None and response.status_code == 429:
             stats.rejected_429 += 1
             await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
             continue
-        if response.status_code != 202:
+        if response is None or response.status_code != 202:
             stats.request_errors += 1
-            stats.note(f"POST {path} returned {response.status_code}: {response.text[:200]}")
+            if response is not None:
+                stats.note(f"POST {path} returned {response.status_code}: {response.text[:200]}")
             await asyncio.sleep(0.5)
             continue
 
@@ -285,7 +288,7 @@ async def wait_job(session: Session, job_id: str, spin: bool) -> None:
 
 def spawned_children(server_pid: int) -> list[psutil.Process]:
     """Return the server's children started by multiprocessing's spawn, oldest first."""
-    spawned = []
+    spawned: list[tuple[float, psutil.Process]] = []
     for child in psutil.Process(server_pid).children():
         try:
             if any("spawn_main" in part for part in child.cmdline()):
@@ -295,25 +298,29 @@ def spawned_children(server_pid: int) -> list[psutil.Process]:
     return [child for _, child in sorted(spawned, key=lambda item: item[0])]
 
 
-async def spin_worker_pids(sessions: list[Session]) -> dict[int, str]:
-    """Map worker pids to the running ``spin`` job each reports in its progress message."""
-    async def read(session: Session, job_id: str) -> tuple[int, str] | None:
+async def spin_worker_pids(sessions: list[Session]) -> dict[int, tuple[str, int]]:
+    """Map worker pids to the running ``spin`` job that reports each in its progress message, and its attempt."""
+    async def read(session: Session, job_id: str) -> tuple[int, tuple[str, int]] | None:
         try:
             response = await session.client.get(f"/api/sessions/{session.session_id}/jobs/{job_id}")
         except httpx.HTTPError:
             return None
         record = response.json() if response.status_code == 200 else {}
         match = PID_MESSAGE.fullmatch((record.get("progress") or {}).get("message") or "")
-        return (int(match.group(1)), job_id) if record.get("state") == "running" and match else None
+        if record.get("state") != "running" or match is None:
+            return None
+        return int(match.group(1)), (job_id, record["attempts"])
 
     found = await asyncio.gather(*(read(session, job_id) for session in sessions
                                    for job_id in list(session.running_spins)))
     return dict(item for item in found if item is not None)
 
 
-async def kill_repeatedly(server_pid: int, manager_pid: int, sessions: list[Session], stats: Stats,
-                          stop: asyncio.Event, rng: random.Random) -> None:
-    """Every 2 s, kill one pool worker, preferably one running a ``spin`` job."""
+async def kill_repeatedly(server_pid: int, sessions: list[Session], stats: Stats, stop: asyncio.Event,
+                          rng: random.Random) -> None:
+    """Kill one pool worker every 2 s, preferring one that runs a retried ``spin`` job, then any ``spin`` job."""
+    # The server starts the Manager before the pool, so it is the oldest spawned child.
+    manager_pid = spawned_children(server_pid)[0].pid
     for _ in range(MAX_ITERATIONS):
         try:
             await asyncio.wait_for(stop.wait(), KILL_INTERVAL_S)
@@ -322,20 +329,25 @@ async def kill_repeatedly(server_pid: int, manager_pid: int, sessions: list[Sess
             pass
         workers = [child for child in spawned_children(server_pid) if child.pid != manager_pid]
         spin_pids = await spin_worker_pids(sessions)
-        candidates = [worker for worker in workers if worker.pid in spin_pids] or workers
+        spinning = [worker for worker in workers if worker.pid in spin_pids]
+        # Killing a retried job's worker again fails the job, and the final check must accept that.
+        retried = [worker for worker in spinning if spin_pids[worker.pid][1] >= KILLED_TWICE_ATTEMPTS]
+        candidates = retried or spinning or workers
         if not candidates:
-            stats.note(f"no pool worker found at {time.monotonic():.1f}")
+            stats.note(f"no pool worker was alive at {time.monotonic():.1f} s")
             continue
+
         target = rng.choice(candidates)
         try:
             target.kill()
         except psutil.NoSuchProcess:
             continue
-        stats.kills.append((time.monotonic(), target.pid, spin_pids.get(target.pid)))
+        job_id = spin_pids[target.pid][0] if target.pid in spin_pids else None
+        stats.kills.append((time.monotonic(), target.pid, job_id))
 
 
 async def poll_readyz(base_url: str, stats: Stats, stop: asyncio.Event) -> None:
-    """Record the longest stretch in which ``/readyz`` returned no 200 within 1 s."""
+    """Record the longest stretch in which ``/readyz`` returned no 200 within 1 s, and the slowest response."""
     down_since: float | None = None
     async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as client:
         for _ in range(MAX_ITERATIONS):
@@ -370,7 +382,7 @@ async def create_session(base_url: str) -> Session:
 
 
 async def final_records(sessions: list[Session]) -> dict[str, dict[str, Any]]:
-    """Wait up to 60 s until the server reports every submitted job terminal; return the last records read."""
+    """Read every session's job list until all submitted jobs are terminal, for up to 60 s."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     records: dict[str, dict[str, Any]] = {}
     for _ in range(int(DRAIN_TIMEOUT_S)):
@@ -386,8 +398,18 @@ async def final_records(sessions: list[Session]) -> dict[str, dict[str, Any]]:
     return records
 
 
+async def idle_readyz(client: httpx.AsyncClient) -> dict[str, Any]:
+    """Return ``/readyz`` once every worker is idle, or after 10 s, so it counts the last replacements."""
+    for _ in range(100):
+        readyz: dict[str, Any] = (await client.get("/readyz")).json()
+        if readyz.get("idle_workers") == readyz.get("workers"):
+            break
+        await asyncio.sleep(0.1)
+    return readyz
+
+
 def count_outcomes(sessions: list[Session], records: dict[str, dict[str, Any]], stats: Stats) -> dict[str, int]:
-    counts = {"succeeded": 0, "with_cause": 0, "lost": 0, "without_cause": 0}
+    counts = {"succeeded": 0, "failed with cause": 0, "lost": 0, "failed without cause": 0}
     for session in sessions:
         for job_id, kind in session.jobs.items():
             record = records.get(job_id, {"state": "missing"})
@@ -398,11 +420,11 @@ def count_outcomes(sessions: list[Session], records: dict[str, dict[str, Any]], 
                 outcome = "succeeded"
             elif (record["state"] == "failed" and error.get("type") == "WorkerCrashed"
                   and record.get("attempts") == KILLED_TWICE_ATTEMPTS):
-                outcome = "with_cause"
+                outcome = "failed with cause"
             else:
-                outcome = "without_cause"
+                outcome = "failed without cause"
             counts[outcome] += 1
-            if outcome in ("lost", "without_cause"):
+            if outcome in ("lost", "failed without cause"):
                 stats.note(f"{kind} job {job_id} {outcome}: state {record['state']}, "
                            f"attempts {record.get('attempts')}, error {error}")
     return counts
@@ -412,8 +434,6 @@ async def soak(server: ServerProcess, seconds: float, stats: Stats) -> dict[str,
     """Run the load for ``seconds``, then wait for the jobs to end. Return the rows of the result table."""
     rng = random.Random()
     server_pid = server.process.pid
-    # The server starts the Manager before the pool, so it is the oldest spawned child.
-    manager_pid = spawned_children(server_pid)[0].pid
     rss_start = psutil.Process(server_pid).memory_info().rss
     sessions = [await create_session(server.url) for _ in range(SESSIONS)]
     stop = asyncio.Event()
@@ -424,16 +444,16 @@ async def soak(server: ServerProcess, seconds: float, stats: Stats) -> dict[str,
                 for session in sessions for _ in range(DROPPERS_PER_SESSION)]
     load = [asyncio.create_task(submit_repeatedly(session, stats, stop, random.Random(rng.random())))
             for session in sessions for _ in range(CLIENTS_PER_SESSION)]
-    load.append(asyncio.create_task(kill_repeatedly(server_pid, manager_pid, sessions, stats, stop, rng)))
+    load.append(asyncio.create_task(kill_repeatedly(server_pid, sessions, stats, stop, rng)))
     load.append(asyncio.create_task(poll_readyz(server.url, stats, stop)))
 
     await asyncio.sleep(seconds)
     stop.set()
-    # Re-raises an error of any task: that is a bug in this script, not a finding.
+    # An error in any of these tasks is a bug in this script, not a finding, so gather re-raises it.
     await asyncio.wait_for(asyncio.gather(*load), JOB_WAIT_S + REQUEST_TIMEOUT_S)
     elapsed = time.monotonic() - started
     records = await final_records(sessions)
-    readyz = (await sessions[0].client.get("/readyz")).json()
+    readyz = await idle_readyz(sessions[0].client)
     rss_end = psutil.Process(server_pid).memory_info().rss
 
     for task in streams:
@@ -446,18 +466,19 @@ async def soak(server: ServerProcess, seconds: float, stats: Stats) -> dict[str,
         await session.client.aclose()
 
     counts = count_outcomes(sessions, records, stats)
-    checks = {"jobs lost": counts["lost"], "jobs failed without cause": counts["without_cause"],
+    checks = {"jobs lost": counts["lost"], "jobs failed without cause": counts["failed without cause"],
               "seq gaps": stats.seq_gaps, "seq duplicates": stats.seq_duplicates,
               "request errors": stats.request_errors}
     stats.failures += [f"{count} {name}" for name, count in checks.items() if count]
+    spin_kills = sum(1 for _, _, job_id in stats.kills if job_id is not None)
     return {
         "seconds run": f"{elapsed:.1f}",
         "jobs submitted": stats.submitted,
         "succeeded": counts["succeeded"],
-        "failed with cause (killed twice)": counts["with_cause"],
+        "failed with cause (killed twice)": counts["failed with cause"],
         "lost": counts["lost"],
-        "failed without cause": counts["without_cause"],
-        "workers killed (running spin)": f"{len(stats.kills)} ({sum(1 for kill in stats.kills if kill[2])})",
+        "failed without cause": counts["failed without cause"],
+        "workers killed (running spin)": f"{len(stats.kills)} ({spin_kills})",
         "worker restarts (/readyz)": readyz.get("worker_restarts"),
         "429 responses": stats.rejected_429,
         "request errors": stats.request_errors,
@@ -470,25 +491,32 @@ async def soak(server: ServerProcess, seconds: float, stats: Stats) -> dict[str,
     }
 
 
-def stop_and_reap(server: ServerProcess) -> tuple[int | None, int]:
-    """Stop the server. Return its exit code (None if killed) and how many children outlived it."""
+# Main
+
+
+def stop_and_reap(server: ServerProcess, stats: Stats) -> None:
+    """Stop the server, then kill any of its children still alive 5 s later."""
     try:
         children = psutil.Process(server.process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         children = []
     exit_code = stop_server(server)
-    # The children watch the server and exit with it, so any still alive after 5 s is a leak.
+    if exit_code != 0:
+        stats.failures.append("server killed after 15 s" if exit_code is None else f"server exit code {exit_code}")
+
+    # The children watch the server and exit with it, so one still alive is a leak.
     _, leftovers = psutil.wait_procs(children, timeout=5)
     for process in leftovers:
         process.kill()
-    return exit_code, len(leftovers)
+    if leftovers:
+        stats.failures.append(f"{len(leftovers)} server children outlived it: pids {[p.pid for p in leftovers]}")
 
 
 def print_log_problems(lines: list[str]) -> None:
-    """Print the count of WARNING and ERROR lines, and the first distinct unexpected ones without ids."""
+    """Print the count of WARNING and ERROR lines, and the first distinct unexpected ones."""
     unexpected = [line for line in lines if not any(marker in line for marker in EXPECTED_LOG_MARKERS)]
     print(f"server log: {len(lines)} warning/error lines, {len(lines) - len(unexpected)} of them "
-          "expected (killed workers)")
+          "expected after worker kills")
     distinct: dict[str, str] = {}
     for line in unexpected:
         # Drop the timestamp, then replace ids and numbers so repeats of one message collapse.
@@ -520,14 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, httpx.HTTPError, OSError, psutil.Error) as error:
         stats.failures.append(f"the run stopped early: {type(error).__name__}: {error}")
     finally:
-        exit_code, leftovers = stop_and_reap(server)
+        stop_and_reap(server, stats)
         problems = server.problem_lines()
         shutil.rmtree(directory, ignore_errors=True)
 
-    if exit_code != 0:
-        stats.failures.append(f"server exit code {exit_code}" if exit_code is not None else "server killed after 15 s")
-    if leftovers:
-        stats.failures.append(f"{leftovers} server child processes outlived it and were killed")
     table["machine"] = (f"{os.cpu_count()} CPUs, {platform.platform()}, "
                         f"{platform.python_implementation()} {platform.python_version()}")
     table["result"] = "FAILED: " + "; ".join(stats.failures) if stats.failures else "passed"
