@@ -5,9 +5,15 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 _STOP = object()
+
+
+class _Barrier:
+    def __init__(self) -> None:
+        self.future: Future[None] = Future()
 
 
 class BatchWriter:
@@ -28,6 +34,15 @@ class BatchWriter:
     def put(self, item: Any) -> None:
         self._items.put(item)
 
+    def barrier(self) -> Future[None]:
+        """Return a future that is done once everything queued before this call has been applied."""
+        barrier = _Barrier()
+        if not self._thread.is_alive():
+            barrier.future.set_result(None)
+        else:
+            self._items.put(barrier)
+        return barrier.future
+
     def stop(self, timeout: float) -> bool:
         """Apply what is queued, then end the thread; return whether it ended within ``timeout`` s."""
         if not self._thread.is_alive():
@@ -45,6 +60,9 @@ class BatchWriter:
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)
-            self._apply([item for item in batch if item is not _STOP])
+            barriers = [item for item in batch if isinstance(item, _Barrier)]
+            self._apply([item for item in batch if item is not _STOP and not isinstance(item, _Barrier)])
+            for barrier in barriers:
+                barrier.future.set_result(None)
             if stop:
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import multiprocessing
 import os
 import re
@@ -185,7 +186,7 @@ class Settings:
                                 f"{option_names('max_job_timeout_s')} ({self.max_job_timeout_s!r})")
         for name in ("session_idle_s", "job_grace_s", "shutdown_timeout_s", "job_timeout_s", "max_job_timeout_s",
                      "cancel_grace_s"):
-            if getattr(self, name) <= 0:
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use a positive number")
         if self.shutdown_timeout_s < self.job_grace_s + SHUTDOWN_MARGIN_S:
             raise SettingsError(

@@ -300,7 +300,7 @@ class JobService:
             logger.exception("job=%s internal error while running", job_id)
             record = self._store.jobs.get(job_id)
             if record is not None and record["state"] not in TERMINAL_STATES:
-                self._finish(record, {"status": FAILED, "error": {
+                await self._finish(record, {"status": FAILED, "error": {
                     "type": "InternalError", "message": "the server failed to run this job; see its log"}}, [])
             self._pool.replace(running.worker, self._dispatch)
         finally:
@@ -371,11 +371,14 @@ class JobService:
         # The session may have been deleted while the outputs were listed.
         record = self._store.jobs.get(running.job_id)
         if record is not None:
-            self._finish(record, outcome, outputs)
+            await self._finish(record, outcome, outputs)
 
     def _crash_outcome(self, running: RunningJob, outcome: dict[str, Any]) -> dict[str, Any]:
-        """Explain a dead worker: killed by the server on purpose, or crashed by its job."""
-        reason = running.worker.kill_reason
+        """Explain a dead worker: killed by the server on purpose, or crashed by its job.
+
+        A job asked to stop ends as asked even if its worker died for another reason meanwhile.
+        """
+        reason = running.stop_reason or running.worker.kill_reason
         if outcome["status"] == "not_started":
             return {"status": QUEUED, "retry": False}
         if reason == "stopping" or self.stopping:
@@ -418,7 +421,10 @@ class JobService:
         worker.jobs_run += 1
         max_jobs = self._settings.max_jobs_per_worker
         max_rss = self._settings.max_worker_rss_bytes
-        if max_jobs and worker.jobs_run >= max_jobs:
+        if not worker.usable:
+            # The worker was killed, or died, after its job's result arrived.
+            self._pool.replace(worker, self._dispatch)
+        elif max_jobs and worker.jobs_run >= max_jobs:
             logger.info("worker pid %s ran %d jobs; replacing it", worker.pid, worker.jobs_run)
             self._pool.replace(worker, self._dispatch)
         elif max_rss and (rss := worker.rss()) > max_rss:
@@ -439,7 +445,10 @@ class JobService:
 
     # State changes
 
-    def _finish(self, record: Record, outcome: dict[str, Any], outputs: list[dict[str, Any]]) -> None:
+    async def _finish(self, record: Record, outcome: dict[str, Any], outputs: list[dict[str, Any]]) -> None:
+        """Record a job's final state: in the journal first, then for clients and watchers."""
+        if self._store.jobs.get(record["job_id"]) is None:
+            return
         status = outcome["status"]
         changes: dict[str, Any] = {"finished_at": time.time(), "outputs": outputs}
         if status == SUCCEEDED:
@@ -447,10 +456,18 @@ class JobService:
             done = progress["total"] if progress["total"] is not None else progress["done"]
             changes["result"] = outcome["result"]
             changes["progress"] = {**progress, "done": done}
-            self._hub.publish(record["session_id"], {"job_id": record["job_id"], "type": "result",
-                                                     "result": outcome["result"]})
         else:
             changes["error"] = outcome.get("error")
+
+        # A state a client has seen must survive a crash, so it is committed before anyone sees it.
+        final = {**record, **changes, "state": status}
+        self._store.journal.put_job(final)
+        await self._store.journal.committed()
+        if self._store.jobs.get(record["job_id"]) is None:
+            return
+        if status == SUCCEEDED:
+            self._hub.publish(record["session_id"], {"job_id": record["job_id"], "type": "result",
+                                                     "result": outcome["result"]})
 
         elapsed = changes["finished_at"] - (record["started_at"] or changes["finished_at"])
         if status == FAILED and "traceback" in outcome:
@@ -459,7 +476,8 @@ class JobService:
         else:
             logger.info("session=%s job=%s %s after %.3f s", record["session_id"], record["job_id"],
                         status, elapsed)
-        self._set_state(record, status, **changes)
+        self._store.put_job(final, durable=False)
+        self._publish_state(final)
 
     def _set_state(self, record: Record, state: str, **changes: Any) -> Record:
         record = {**record, **changes, "state": state}

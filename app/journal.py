@@ -7,6 +7,7 @@ a thread, at start-up. A write that the thread has committed survives the server
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -78,6 +79,10 @@ class Journal:
 
     def start(self) -> None:
         self._writer.start()
+
+    async def committed(self) -> None:
+        """Wait until every write queued so far is committed, before a client is told it succeeded."""
+        await asyncio.wrap_future(self._writer.barrier())
 
     def stop(self, timeout: float) -> None:
         """Commit the queued writes and close the database; blocks, so call it off the event loop."""

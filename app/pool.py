@@ -40,7 +40,7 @@ class Worker:
         self.process: multiprocessing.Process | None = None
         self.jobs_run = 0
         self.job_id: str | None = None
-        # Why the pool killed this worker, if it did: "cancelled", "timed_out", "memory" or "stopping".
+        # Why the server killed this worker, if it did: "cancelled", "timed_out", "memory" or "stopping".
         self.kill_reason: str | None = None
 
     @property
@@ -60,6 +60,11 @@ class Worker:
         if self.process is not None and self.process.is_alive():
             self.kill_reason = reason
             self.process.kill()
+
+    @property
+    def usable(self) -> bool:
+        """Whether the worker can take another job: alive, and not killed by the server."""
+        return self.kill_reason is None and self.process is not None and self.process.is_alive()
 
 
 class WorkerPool:

@@ -115,6 +115,7 @@ async def create_session() -> Response:
     runtime = ready_runtime()
     assert runtime.store is not None
     session, token = runtime.store.create_session(runtime.settings.session_idle_s)
+    await runtime.store.journal.committed()
     current_app.logger.info("session=%s created", session.session_id)
     response = json_response({**session.public(), "token": token}, 201)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict",
@@ -127,6 +128,7 @@ async def delete_session(session_id: str) -> Response:
     runtime = ready_runtime()
     authenticate(runtime, session_id)
     runtime.delete_session(session_id)
+    await runtime.store.journal.committed()
     current_app.logger.info("session=%s deleted", session_id)
     return Response(status=204)
 
@@ -167,7 +169,11 @@ async def put_file(session_id: str, name: str) -> tuple[Response, int]:
     file_id = new_id()
     directory = runtime.layout.files_dir(session_id)
     await _make_dir(directory)
-    size, sha256 = await store_body(request.body, directory / file_id, limit, runtime.stopping)
+    try:
+        size, sha256 = await store_body(request.body, directory / file_id, limit, runtime.stopping)
+    except FileNotFoundError:
+        # The session was deleted, and its directory with it, while the body arrived.
+        raise not_found("session", session_id) from None
     # curl --data-binary sends this type by default; it never describes a stored file.
     if not content_type or content_type == "application/x-www-form-urlencoded":
         content_type = _guess_type(name)
@@ -183,8 +189,12 @@ async def post_files(session_id: str) -> tuple[Response, int]:
     directory = runtime.layout.files_dir(session_id)
     await _make_dir(directory)
 
-    uploads = await store_multipart(request.body, boundary, lambda: directory / new_id(),
-                                    runtime.settings.max_upload_bytes, runtime.stopping)
+    try:
+        uploads = await store_multipart(request.body, boundary, lambda: directory / new_id(),
+                                        runtime.settings.max_upload_bytes, runtime.stopping)
+    except FileNotFoundError:
+        # The session was deleted, and its directory with it, while the body arrived.
+        raise not_found("session", session_id) from None
     records = []
     for upload in uploads:
         name = clean_name(upload.name)
@@ -207,6 +217,7 @@ async def _register_upload(runtime: Runtime, session: Session, record: Record) -
         await runtime.remove_path(runtime.layout.file_path(session.session_id, record["file_id"]))
         raise not_found("session", session.session_id)
     runtime.store.add_file(session, record)
+    await runtime.store.journal.committed()
     current_app.logger.info("session=%s file=%s stored: %d bytes", session.session_id, record["file_id"],
                             record["size"])
     return record
@@ -239,6 +250,8 @@ async def delete_file(session_id: str, file_id: str) -> Response:
         if file_id in job["inputs"] and job["state"] not in TERMINAL_STATES:
             raise ApiError(409, "conflict", f"file {file_id!r} is an input of unfinished job {job['job_id']!r}")
     runtime.store.remove_file(session, file_id)
+    # The file goes only once the journal forgot it, so a crash never leaves a record without a file.
+    await runtime.store.journal.committed()
     await runtime.remove_path(runtime.layout.file_path(session_id, file_id))
     return Response(status=204)
 
@@ -270,6 +283,7 @@ async def create_job(session_id: str) -> Response:
     session = authenticate(runtime, session_id)
     assert runtime.jobs is not None
     record = runtime.jobs.create(session, payload)
+    await runtime.store.journal.committed()
     return json_response(public_job(record), 202)
 
 

@@ -135,16 +135,28 @@ class Runtime:
                 journal.put_job(record)
                 interrupted += 1
 
-        removed = 0
-        if self.layout.sessions_dir.is_dir():
-            for path in self.layout.sessions_dir.iterdir():
-                if path.name not in live:
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed += 1
-        logger.info("journal: restored %d sessions, %d files and %d jobs (%d interrupted); removed %d expired "
-                    "or unknown session directories", len(contents.sessions), len(contents.files),
+        known = {record["file_id"] for record in contents.files} | {record["job_id"] for record in contents.jobs}
+        removed = self._remove_unknown(live, known)
+        logger.info("journal: restored %d sessions, %d files and %d jobs (%d interrupted); removed %d "
+                    "expired or unknown files and directories", len(contents.sessions), len(contents.files),
                     len(contents.jobs), interrupted, removed)
         return contents
+
+    def _remove_unknown(self, sessions: set[str], known: set[str]) -> int:
+        """Delete what the journal does not list: a server killed mid-upload or mid-delete leaves such."""
+        removed = 0
+        root = self.layout.sessions_dir
+        for session_dir in root.iterdir() if root.is_dir() else []:
+            if session_dir.name not in sessions:
+                shutil.rmtree(session_dir, ignore_errors=True)
+                removed += 1
+                continue
+            for folder in (session_dir / "files", session_dir / "jobs"):
+                for path in folder.iterdir() if folder.is_dir() else []:
+                    if path.name not in known:
+                        _remove(path)
+                        removed += 1
+        return removed
 
     async def _start_processes(self, contents: JournalContents) -> None:
         try:
@@ -259,6 +271,9 @@ class Runtime:
         # Windows cannot delete a file a job still has open, so let the cancelled jobs end first.
         if running:
             await asyncio.wait(running, timeout=self.settings.job_grace_s)
+        # Files go only after the journal forgot the session, so a crash leaves no record without files.
+        assert self.store is not None
+        await self.store.journal.committed()
         await self.remove_path(self.layout.session_dir(session_id))
 
     async def remove_path(self, path: Path) -> None:

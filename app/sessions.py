@@ -134,8 +134,8 @@ class SessionStore:
             self._queue_write(self.shared_files, file_id, _DELETE)
         for job_id in session.job_ids:
             self.jobs.pop(job_id, None)
+            # A running job's cancel flag stays until its run ends, so that it can still stop by itself.
             self._queue_write(self.shared_jobs, job_id, _DELETE)
-            self._queue_write(self.cancel_flags, job_id, _DELETE)
         self._queue_write(self.shared_sessions, session_id, _DELETE)
         self.journal.delete_session(session_id)
         return session

@@ -15,8 +15,10 @@ class JobRequest(BaseModel):
     kind: str = Field(max_length=100, description="job kind, one of GET /api/job-kinds")
     inputs: list[str] = Field(default_factory=list, description="file ids of this session")
     params: dict[str, Any] = Field(default_factory=dict, description="parameters of the kind")
-    timeout_s: float | None = Field(default=None, gt=0, description="time limit in seconds; the kind's "
-                                    "default when omitted, at most the server maximum")
+    # Strict, so that true or "10" is not taken for a number of seconds.
+    timeout_s: float | None = Field(default=None, gt=0, strict=True, allow_inf_nan=False,
+                                    description="time limit in seconds; the kind's default when omitted, at most "
+                                    "the server maximum")
 
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:

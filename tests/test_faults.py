@@ -218,3 +218,36 @@ def test_lost_manager_gives_503_and_clean_exit(server_factory: object) -> None:
     assert server.stop() == 0
     assert time.monotonic() - started < 10
     assert wait_gone(children) == []
+
+
+@pytest.mark.parametrize("how", ["cancel", "time limit"])
+def test_worker_death_during_grace_keeps_the_reason(server_factory: object, how: str) -> None:
+    """A job asked to stop ends as asked, even if its worker dies before the grace period is over."""
+    server = server_factory("--cancel-grace-s", "5")
+    api = Api(server)
+    response = api.client.post(f"{api.prefix}/jobs", json={
+        "kind": "spin", "inputs": [], "params": {"seconds": 60, "cooperative": False},
+        "timeout_s": 1 if how == "time limit" else 60})
+    job = response.json()
+    pid = worker_pid(api, job["job_id"])
+    if how == "cancel":
+        api.client.post(f"{api.prefix}/jobs/{job['job_id']}/cancel")
+    else:
+        time.sleep(1.5)
+    psutil.Process(pid).kill()
+    record = api.wait_job(job["job_id"], timeout=10)
+    assert record["state"] == ("cancelled" if how == "cancel" else "timed_out")
+    assert record["attempts"] == 1
+
+
+def test_deleting_session_lets_cooperative_job_stop(api: Api, server: Server) -> None:
+    job = api.start("spin", [], seconds=60)
+    worker_pid(api, job["job_id"])
+    restarts = readyz(server)["worker_restarts"]
+    assert api.client.delete(api.prefix).status_code == 204
+    deadline = time.monotonic() + 10
+    while readyz(server)["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert readyz(server)["running"] == 0
+    assert readyz(server)["worker_restarts"] == restarts
+    assert f"job={job['job_id']} still running" not in server.log()

@@ -147,3 +147,18 @@ def test_corrupt_journal_is_reported(server_factory: object, tmp_path: Path) -> 
     assert server.process.wait(60) == 1
     assert "cannot read the journal" in server.log()
     assert "move it away" in server.log()
+
+
+def test_unknown_files_removed_at_start(server_factory: object) -> None:
+    server = server_factory()
+    api = Api(server)
+    kept = api.upload(DATA / "seattle-weather.csv")
+    assert server.stop() == 0
+    files = server.data_dir / "sessions" / api.session_id / "files"
+    (files / "left-by-a-killed-upload.part").write_bytes(b"x" * 1000)
+    (files / "committed-but-never-journalled").write_bytes(b"y" * 1000)
+    (server.data_dir / "sessions" / api.session_id / "jobs" / "no-such-job").mkdir(parents=True)
+
+    server = restart(server_factory, server)
+    assert sorted(path.name for path in files.iterdir()) == [kept["file_id"]]
+    assert not (server.data_dir / "sessions" / api.session_id / "jobs" / "no-such-job").exists()

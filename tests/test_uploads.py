@@ -157,3 +157,20 @@ def test_multipart_header_and_excess_in_one_chunk(server_factory: object) -> Non
     response = api.client.post(f"{api.prefix}/files", files=[("file", ("data.csv", (DATA / "airports.csv").read_bytes()))])
     assert response.status_code == 413
     assert stored_files(tiny) == before
+
+
+def test_upload_into_deleted_session_is_404(server: Server) -> None:
+    api = Api(server)
+    other = Api(server, (api.session_id, api.token))
+
+    def slow_body() -> Iterator[bytes]:
+        for index in range(100):
+            if index == 5:
+                assert other.client.delete(api.prefix).status_code == 204
+            yield b"x" * 65536
+            time.sleep(0.01)
+
+    response = api.client.put(f"{api.prefix}/files/late.bin", content=slow_body())
+    assert response.status_code == 404
+    assert "Traceback" not in server.log()
+    assert not (server.data_dir / "sessions" / api.session_id).exists()

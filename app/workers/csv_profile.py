@@ -256,7 +256,7 @@ def _profile_with(context: JobContext, path: Path, encoding: str, params: CsvPro
             columns = [ColumnStats(name or f"column_{index + 1}", params.max_distinct)
                        for index, name in enumerate(names)]
 
-        for row in reader:
+        for row in _rows(reader):
             if not row:
                 continue
             rows += 1
@@ -281,6 +281,18 @@ def _profile_with(context: JobContext, path: Path, encoding: str, params: CsvPro
         "ragged_rows": ragged_rows,
         "columns": [column.report(params.top) for column in columns],
     }
+
+
+def _rows(reader: Any) -> Any:
+    """Iterate a csv reader, turning its errors into ``ValueError`` naming the line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ValueError(f"line {reader.line_num}: {error}; the file may not be CSV, or a quote is "
+                             "never closed") from None
 
 
 def _sample_text(sample: bytes, encoding: str) -> str:
