@@ -8,12 +8,15 @@ these modules create no processes, threads or Managers of their own.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import multiprocessing
 import os
 import shutil
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,9 @@ DAEMONIC_MESSAGE = (
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
+# Seconds between checks that the Manager still answers, and how long an answer may take.
+MANAGER_CHECK_INTERVAL_S = 2.0
+MANAGER_CHECK_TIMEOUT_S = 5.0
 # Seconds allowed for the Manager and helper threads to stop.
 TEARDOWN_TIMEOUT_S = 3.0
 
@@ -70,6 +76,7 @@ class Runtime:
         self._pump: EventPump | None = None
         self._events: Any = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._manager_watch: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._pending_removals: set[Path] = set()
         self._finishing: asyncio.Future[None] | None = None
@@ -86,6 +93,7 @@ class Runtime:
             await self._teardown()
             raise
         self._sweeper = asyncio.create_task(self._sweep_sessions(), name="offload-session-sweeper")
+        self._manager_watch = asyncio.create_task(self._watch_manager(), name="offload-manager-watch")
         self.ready = True
         logger.info("ready in %.2f s: %d workers (%s), data directory %s, job kinds %s",
                     time.monotonic() - started, self.settings.workers, self.settings.start_method,
@@ -184,6 +192,35 @@ class Runtime:
         await self.pool.start()
         self.jobs.start()
 
+    async def _watch_manager(self) -> None:
+        """Declare the Manager lost if it stops answering, and kill it so nothing waits on it."""
+        while True:
+            await asyncio.sleep(MANAGER_CHECK_INTERVAL_S)
+            if not self.ready:
+                return
+            try:
+                await _call_in_daemon_thread(self._events.qsize, MANAGER_CHECK_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                logger.error("manager process pid %s did not answer within %.0f s; killing it", self._manager_pid(),
+                             MANAGER_CHECK_TIMEOUT_S)
+                self._kill_manager()
+                self._manager_lost()
+                return
+            except (OSError, EOFError):
+                # The event pump reports a Manager that is gone.
+                return
+
+    def _manager_pid(self) -> int | None:
+        process = getattr(self.manager, "_process", None)
+        return process.pid if process is not None else None
+
+    def _kill_manager(self) -> None:
+        # SyncManager has no public accessor for its process; killing it makes every blocked proxy
+        # call fail at once instead of waiting forever.
+        process = getattr(self.manager, "_process", None)
+        if process is not None and process.is_alive():
+            process.kill()
+
     def _manager_lost(self) -> None:
         self.ready = False
         if self.jobs is not None:
@@ -214,6 +251,8 @@ class Runtime:
         self.begin_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._manager_watch is not None:
+            self._manager_watch.cancel()
         if self.jobs is not None:
             await self.jobs.stop(self.settings.job_grace_s)
         if self.pool is not None:
@@ -247,7 +286,7 @@ class Runtime:
 
     async def _call_blocking(self, function: Any, *args: Any) -> None:
         try:
-            await asyncio.wait_for(asyncio.to_thread(function, *args), TEARDOWN_TIMEOUT_S)
+            await _call_in_daemon_thread(lambda: function(*args), TEARDOWN_TIMEOUT_S)
         except (asyncio.TimeoutError, OSError, EOFError) as error:
             logger.warning("%s failed during shutdown: %s", getattr(function, "__name__", function), error)
 
@@ -297,6 +336,20 @@ class Runtime:
             for session_id in self.store.expired_sessions(time.time()):
                 logger.info("session=%s expired after %.0f s idle", session_id, self.settings.session_idle_s)
                 self.delete_session(session_id)
+
+
+async def _call_in_daemon_thread(function: Callable[[], Any], timeout: float) -> Any:
+    """Call ``function`` in a new daemon thread; a call that never returns cannot hold up the exit."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function())
+        except BaseException as error:
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="offload-manager-check", daemon=True).start()
+    return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
 
 
 def _start_manager(manager: SyncManager) -> None:

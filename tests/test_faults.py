@@ -251,3 +251,21 @@ def test_deleting_session_lets_cooperative_job_stop(api: Api, server: Server) ->
     assert readyz(server)["running"] == 0
     assert readyz(server)["worker_restarts"] == restarts
     assert f"job={job['job_id']} still running" not in server.log()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
+def test_hung_manager_is_detected(server_factory: object) -> None:
+    server = server_factory()
+    manager = min(spawned_children(server).values(), key=lambda process: process.create_time())
+    children = server.child_processes()
+    manager.suspend()
+
+    deadline = time.monotonic() + 15
+    while httpx.get(server.url + "/readyz").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(server.url + "/readyz").status_code == 503
+    assert "did not answer" in server.log()
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 10
+    assert wait_gone(children) == []
