@@ -17,7 +17,7 @@ logger = logging.getLogger("offload")
 
 
 class OffloadApp(Quart):
-    """Quart, but a ``StartupError`` is logged as its message alone: it says what to change."""
+    """Quart, but a ``StartupError`` is logged as its message alone, because it names what to change."""
 
     def log_exception(
         self,

@@ -1,4 +1,4 @@
-"""Where files live under the data directory. Every path component is a generated id."""
+"""The layout of the data directory. Every path component below it is a generated id."""
 
 from __future__ import annotations
 

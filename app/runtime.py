@@ -46,7 +46,7 @@ DAEMONIC_MESSAGE = (
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
-# Seconds between checks that the Manager still answers, and how long an answer may take.
+# Seconds between checks that the Manager still responds, and how long a response may take.
 MANAGER_CHECK_INTERVAL_S = 2.0
 MANAGER_CHECK_TIMEOUT_S = 5.0
 # Seconds allowed for the Manager and helper threads to stop.
@@ -193,7 +193,7 @@ class Runtime:
         self.jobs.start()
 
     async def _watch_manager(self) -> None:
-        """Declare the Manager lost if it stops answering, and kill it so nothing waits on it."""
+        """Declare the Manager lost if it stops responding, and kill it so nothing waits on it."""
         while True:
             await asyncio.sleep(MANAGER_CHECK_INTERVAL_S)
             if not self.ready:
@@ -201,7 +201,7 @@ class Runtime:
             try:
                 await _call_in_daemon_thread(self._events.qsize, MANAGER_CHECK_TIMEOUT_S)
             except asyncio.TimeoutError:
-                logger.error("manager process pid %s did not answer within %.0f s; killing it", self._manager_pid(),
+                logger.error("manager process pid %s did not respond within %.0f s; killing it", self._manager_pid(),
                              MANAGER_CHECK_TIMEOUT_S)
                 self._kill_manager()
                 self._manager_lost()

@@ -11,7 +11,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# A job may call progress() on every chunk; at most one event per interval is sent, plus one per
+# A job may call progress() on every chunk. At most one event per interval is sent, plus one per
 # tenth of the total, so a short job still shows steps and a long one sends a steady trickle.
 PROGRESS_INTERVAL_S = 0.05
 PROGRESS_STEP = 0.1
@@ -77,7 +77,7 @@ class JobContext:
             try:
                 self._cancelled = bool(self._cancel_flags.get(self.job_id, False))
             except (OSError, EOFError):
-                # The Manager is gone, so nobody can ask this job to stop any more.
+                # The Manager is gone, so no cancel request can reach this job any more.
                 self._cancel_flags = None
         return self._cancelled
 
