@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 _STOP = object()
 
@@ -61,7 +64,11 @@ class BatchWriter:
                     break
             stop = any(item is _STOP for item in batch)
             barriers = [item for item in batch if isinstance(item, _Barrier)]
-            self._apply([item for item in batch if item is not _STOP and not isinstance(item, _Barrier)])
+            try:
+                self._apply([item for item in batch if item is not _STOP and not isinstance(item, _Barrier)])
+            except Exception:
+                # A bad item must not end the thread, or every later write would be lost silently.
+                logger.exception("%s failed to apply %d queued writes", self._thread.name, len(batch))
             for barrier in barriers:
                 barrier.future.set_result(None)
             if stop:

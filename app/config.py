@@ -187,7 +187,7 @@ class Settings:
         for name in ("session_idle_s", "job_grace_s", "shutdown_timeout_s", "job_timeout_s", "max_job_timeout_s",
                      "cancel_grace_s"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
-                raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use a positive number")
+                raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use a finite positive number")
         if self.shutdown_timeout_s < self.job_grace_s + SHUTDOWN_MARGIN_S:
             raise SettingsError(
                 f"invalid {option_names('shutdown_timeout_s')} {self.shutdown_timeout_s!r}: use at least "

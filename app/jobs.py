@@ -397,7 +397,10 @@ class JobService:
 
         exit_code = outcome["exit_code"]
         record = self._store.jobs.get(running.job_id)
-        attempts = record["attempts"] if record is not None else 0
+        if record is None:
+            # The session was deleted meanwhile.
+            return {"status": CANCELLED}
+        attempts = record["attempts"]
         if attempts <= self._settings.crash_retries:
             logger.warning("session=%s job=%s killed its worker pid %s with %s; retrying (attempt %d of %d)",
                            self._session_of(running.job_id), running.job_id, running.worker.pid,

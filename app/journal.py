@@ -122,7 +122,7 @@ class Journal:
                 self._connection.execute("BEGIN")
                 for (kind, key), value in latest.items():
                     self._apply(kind, key, value)
-        except sqlite3.Error as error:
+        except (sqlite3.Error, TypeError, ValueError) as error:
             self._failures += 1
             # Log the first failure and then every hundredth, so a full disk does not flood the log.
             if self._failures == 1 or self._failures % 100 == 0:

@@ -308,7 +308,9 @@ async def cancel_job(session_id: str, job_id: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
     assert runtime.jobs is not None
-    return json_response(public_job(runtime.jobs.cancel(session, job_id)), 202)
+    record = runtime.jobs.cancel(session, job_id)
+    await runtime.store.journal.committed()
+    return json_response(public_job(record), 202)
 
 
 @api.get("/api/sessions/<session_id>/jobs/<job_id>/outputs/<name>")

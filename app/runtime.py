@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -142,6 +143,8 @@ class Runtime:
                 contents.jobs[index] = record
                 journal.put_job(record)
                 interrupted += 1
+                # Whatever the job wrote before it was cut off is incomplete.
+                shutil.rmtree(self.layout.job_dir(record["session_id"], record["job_id"]), ignore_errors=True)
 
         known = {record["file_id"] for record in contents.files} | {record["job_id"] for record in contents.jobs}
         removed = self._remove_unknown(live, known)
@@ -342,11 +345,18 @@ async def _call_in_daemon_thread(function: Callable[[], Any], timeout: float) ->
     """Call ``function`` in a new daemon thread; a call that never returns cannot hold up the exit."""
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
+    def settle(setter: Callable[[Any], None], value: Any) -> None:
+        # The caller may have given up and cancelled the future already.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            setter(value)
+
     def run() -> None:
         try:
-            future.set_result(function())
+            result = function()
         except BaseException as error:
-            future.set_exception(error)
+            settle(future.set_exception, error)
+        else:
+            settle(future.set_result, result)
 
     threading.Thread(target=run, name="offload-manager-check", daemon=True).start()
     return await asyncio.wait_for(asyncio.wrap_future(future), timeout)

@@ -99,3 +99,12 @@ SEGFAULT = JobKind(name="segfault", function=segfault, params=NoParams,
 HOG = JobKind(name="hog", function=hog, params=HogParams,
               description="Allocate memory until killed (tests only).", min_inputs=0, max_inputs=None)
 KINDS = [SPIN, FAIL, EXIT, SEGFAULT, HOG]
+
+
+def not_json(context: JobContext, inputs: list[Path], params: NoParams) -> dict[str, object]:
+    return {"values": {1, 2, 3}}
+
+
+NOT_JSON = JobKind(name="not-json", function=not_json, params=NoParams,
+                   description="Return a result that JSON cannot encode (tests only).", min_inputs=0, max_inputs=None)
+KINDS.append(NOT_JSON)

@@ -153,3 +153,11 @@ def test_numbers_past_float_range_are_text(tmp_path: Path) -> None:
     assert column(result, "x")["type"] == "string"
     assert column(result, "x")["mean"] is None
     assert column(result, "y")["type"] == "integer"
+
+
+def test_oversized_field_names_the_line(tmp_path: Path) -> None:
+    for name, text in (("header.csv", "a" * 200_000 + ",b\n1,2\n"), ("body.csv", "a,b\n1,2\n" + "x" * 200_000 + ",3\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ValueError, match="line [0-9]+: field larger than field limit"):
+            profile(path, tmp_path)

@@ -177,3 +177,13 @@ async def test_client_messages_do_not_grow_memory(api: Api, server: Server) -> N
         await asyncio.sleep(0.5)
         growth = process.memory_info().rss - before
     assert growth < 64 * 1024 * 1024, f"server grew by {growth / 1024 / 1024:.0f} MiB"
+
+
+def test_result_that_is_not_json_fails_the_job(api: Api, server: Server) -> None:
+    record = api.wait_job(api.start("not-json", [])["job_id"])
+    assert record["state"] == "failed"
+    assert record["error"]["type"] == "TypeError"
+    assert "not JSON" in record["error"]["message"]
+    # The journal keeps working afterwards.
+    assert api.wait_job(api.start("spin", [], seconds=0)["job_id"])["state"] == "succeeded"
+    assert "Exception in thread" not in server.log()

@@ -162,3 +162,21 @@ def test_unknown_files_removed_at_start(server_factory: object) -> None:
     server = restart(server_factory, server)
     assert sorted(path.name for path in files.iterdir()) == [kept["file_id"]]
     assert not (server.data_dir / "sessions" / api.session_id / "jobs" / "no-such-job").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX; Windows has TerminateProcess")
+def test_acknowledged_cancel_survives_sigkill(server_factory: object) -> None:
+    server = server_factory("--workers", "1")
+    api = Api(server)
+    blocker = api.start("spin", [], seconds=60)
+    queued = [api.start("spin", [], seconds=60) for _ in range(20)]
+    api.wait_job(blocker["job_id"], states=frozenset({"running"}))
+    for job in queued:
+        assert api.client.post(f"{api.prefix}/jobs/{job['job_id']}/cancel").status_code == 202
+    server.process.kill()
+    server.process.wait(10)
+
+    server = restart(server_factory, server)
+    api = reconnect(api, server)
+    assert [api.job(job["job_id"])["state"] for job in queued] == ["cancelled"] * 20
+    assert api.job(blocker["job_id"])["state"] == "interrupted"

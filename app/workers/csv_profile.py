@@ -252,7 +252,7 @@ def _profile_with(context: JobContext, path: Path, encoding: str, params: CsvPro
     with path.open("rb") as raw, io.TextIOWrapper(raw, encoding=encoding, newline="") as text:
         reader = csv.reader(text, delimiter=delimiter)
         if params.header:
-            names = next(reader, [])
+            names = next(_rows(reader), [])
             columns = [ColumnStats(name or f"column_{index + 1}", params.max_distinct)
                        for index, name in enumerate(names)]
 

@@ -7,6 +7,7 @@ takes ids, paths, dicts and Manager proxies.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -128,6 +129,7 @@ def _execute(context: JobContext, spec: dict[str, Any]) -> dict[str, Any]:
         context.output_dir.mkdir(parents=True, exist_ok=True)
         inputs = [Path(path) for path in spec["inputs"]]
         result = kind.function(context, inputs, params)
+        _check_json(result)
     except JobCancelled:
         return {"status": "cancelled"}
     except Exception as error:
@@ -137,6 +139,13 @@ def _execute(context: JobContext, spec: dict[str, Any]) -> dict[str, Any]:
             "traceback": _shorten(traceback.format_exc(), MAX_TRACEBACK_CHARS),
         }
     return {"status": "succeeded", "result": result}
+
+
+def _check_json(result: Any) -> None:
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"the job returned a result that is not JSON: {error}") from None
 
 
 def _shorten(text: str, limit: int) -> str:
