@@ -27,10 +27,6 @@ STOP_TIMEOUT_S = 5.0
 MAX_RESTART_DELAY_S = 5.0
 
 
-class PoolNotRunning(RuntimeError):
-    """Raised by ``WorkerPool.acquire`` once the pool is stopping."""
-
-
 class Worker:
     """One worker process and the single-process executor that owns it."""
 
@@ -184,9 +180,6 @@ class WorkerPool:
         logger.info("worker %d replaced: pid %s", worker.index, worker.pid)
         self._idle.append(worker)
         on_ready()
-
-    def pids(self) -> list[int]:
-        return [worker.pid for worker in self.workers if worker.pid is not None and worker.executor is not None]
 
     async def stop(self) -> None:
         """Kill every worker and release the executors without blocking the event loop."""
