@@ -22,7 +22,7 @@ from .events import Event, EventHub
 from .layout import DataLayout, list_outputs
 from .pool import Worker, WorkerPool, describe_exit
 from .sessions import Record, Session, SessionStore, new_id
-from .validation import JobRequest, describe_validation_error
+from .validation import JobRequest, check_inputs, describe_validation_error, job_timeout
 from .workers.registry import JobKind
 from .workers.runner import run_job
 
@@ -104,12 +104,12 @@ class JobService:
         kind = self._kinds.get(request.kind)
         if kind is None:
             raise bad_request(f"kind: unknown job kind {quoted(request.kind)}; use one of {sorted(self._kinds)}")
-        self._check_inputs(session, kind, request.inputs)
+        check_inputs(session, kind, request.inputs)
         try:
             params = kind.params.model_validate(request.params)
         except ValidationError as error:
             raise bad_request(describe_validation_error(error, kind.params, prefix="params.")) from None
-        timeout_s = self._timeout(kind, request.timeout_s)
+        timeout_s = job_timeout(kind, request.timeout_s, self._settings)
         self._check_queue(session)
 
         record = self._new_record(session, kind, request.inputs, params.model_dump(mode="json"), timeout_s)
@@ -120,28 +120,6 @@ class JobService:
                     record["job_id"], kind.name, request.inputs, timeout_s)
         self._dispatch()
         return record
-
-    def _timeout(self, kind: JobKind, requested: float | None) -> float:
-        maximum = self._settings.max_job_timeout_s
-        if requested is not None and requested > maximum:
-            raise bad_request(f"timeout_s: {requested!r} is over the server maximum of {maximum} s "
-                              f"({option_names('max_job_timeout_s')})")
-        return min(requested or kind.timeout_s or self._settings.job_timeout_s, maximum)
-
-    def _check_inputs(self, session: Session, kind: JobKind, inputs: list[str]) -> None:
-        count = len(inputs)
-        if count < kind.min_inputs or (kind.max_inputs is not None and count > kind.max_inputs):
-            if kind.max_inputs == kind.min_inputs:
-                expected = f"exactly {kind.min_inputs}"
-            elif kind.max_inputs is None:
-                expected = f"at least {kind.min_inputs}"
-            else:
-                expected = f"{kind.min_inputs} to {kind.max_inputs}"
-            raise bad_request(f"inputs: kind {kind.name!r} takes {expected} input file(s), got {count}; "
-                              "start one job per file")
-        for file_id in inputs:
-            if file_id not in session.file_ids:
-                raise not_found("file", file_id)
 
     def _check_queue(self, session: Session) -> None:
         headers = {"Retry-After": str(RETRY_AFTER_S)}

@@ -6,7 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import quoted
+from .config import Settings, option_names
+from .errors import bad_request, not_found, quoted
+from .sessions import Session
+from .workers.registry import JobKind
 
 
 class JobRequest(BaseModel):
@@ -36,3 +39,29 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], pr
                 message += f" (got {quoted(item['input'])})"
         messages.append(message)
     return "; ".join(messages)
+
+
+def check_inputs(session: Session, kind: JobKind, inputs: list[str]) -> None:
+    """Check the number of input files for the kind, and that each is a file of the session."""
+    count = len(inputs)
+    if count < kind.min_inputs or (kind.max_inputs is not None and count > kind.max_inputs):
+        if kind.max_inputs == kind.min_inputs:
+            expected = f"exactly {kind.min_inputs}"
+        elif kind.max_inputs is None:
+            expected = f"at least {kind.min_inputs}"
+        else:
+            expected = f"{kind.min_inputs} to {kind.max_inputs}"
+        raise bad_request(f"inputs: kind {kind.name!r} takes {expected} input file(s), got {count}; "
+                          "start one job per file")
+    for file_id in inputs:
+        if file_id not in session.file_ids:
+            raise not_found("file", file_id)
+
+
+def job_timeout(kind: JobKind, requested: float | None, settings: Settings) -> float:
+    """Return a job's time limit in seconds: the request's, else the kind's, else the server default."""
+    maximum = settings.max_job_timeout_s
+    if requested is not None and requested > maximum:
+        raise bad_request(f"timeout_s: {requested!r} is over the server maximum of {maximum} s "
+                          f"({option_names('max_job_timeout_s')})")
+    return min(requested or kind.timeout_s or settings.job_timeout_s, maximum)
