@@ -357,11 +357,11 @@ class JobService:
         A job asked to stop ends as asked even if its worker died for another reason meanwhile.
         """
         reason = running.stop_reason or running.worker.kill_reason
-        if outcome["status"] == "not_started":
-            return {"status": QUEUED, "retry": False}
         if reason == "stopping" or self.stopping:
             return {"status": INTERRUPTED, "error": {
                 "type": "Interrupted", "message": "the server stopped while the job ran"}}
+        if outcome["status"] == "not_started":
+            return {"status": QUEUED, "retry": False}
         if reason == CANCELLED:
             return {"status": CANCELLED}
         if reason == TIMED_OUT:
@@ -440,7 +440,7 @@ class JobService:
         else:
             changes["error"] = outcome.get("error")
 
-        # A state a client has seen must survive a crash, so it is committed before anyone sees it.
+        # A state shown to a client must survive a crash, so it is committed before it is published.
         final = {**record, **changes, "state": status}
         self._store.journal.put_job(final)
         await self._store.journal.committed()
