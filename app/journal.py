@@ -81,7 +81,7 @@ class Journal:
         self._writer.start()
 
     async def committed(self) -> None:
-        """Wait until every write queued so far is committed, before a client is told it succeeded."""
+        """Wait until every write queued so far is committed; call it before replying that a write succeeded."""
         await asyncio.wrap_future(self._writer.barrier())
 
     def stop(self, timeout: float) -> None:

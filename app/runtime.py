@@ -213,14 +213,17 @@ class Runtime:
                 # The event pump reports a Manager that is gone.
                 return
 
+    def _manager_process(self) -> multiprocessing.process.BaseProcess | None:
+        # SyncManager has no public accessor for its process.
+        return getattr(self.manager, "_process", None)
+
     def _manager_pid(self) -> int | None:
-        process = getattr(self.manager, "_process", None)
+        process = self._manager_process()
         return process.pid if process is not None else None
 
     def _kill_manager(self) -> None:
-        # SyncManager has no public accessor for its process; killing it makes every blocked proxy
-        # call fail at once instead of waiting forever.
-        process = getattr(self.manager, "_process", None)
+        # Killing it makes every blocked proxy call fail at once instead of waiting forever.
+        process = self._manager_process()
         if process is not None and process.is_alive():
             process.kill()
 
@@ -271,6 +274,7 @@ class Runtime:
         logger.info("stopped")
 
     async def _teardown(self) -> None:
+        # The pool steps repeat finish_jobs for a start-up that failed halfway; both are idempotent.
         if self.pool is not None:
             await self.pool.stop()
         if self.jobs is not None:

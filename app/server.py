@@ -22,8 +22,8 @@ from .runtime import Runtime
 
 logger = logging.getLogger("offload")
 
-# Seconds Hypercorn waits for open connections after the listeners close. Websockets are told to
-# close before that, so only uploads and downloads still running use it.
+# Seconds Hypercorn waits for open connections after the listeners close. Websockets are closed
+# before that, so only uploads and downloads still running use it.
 CONNECTION_GRACE_S = 2.0
 # Windows delivers CTRL_BREAK_EVENT as SIGBREAK; CTRL_C_EVENT arrives as SIGINT.
 SHUTDOWN_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK")

@@ -154,6 +154,19 @@ def spawned_children(server: Server) -> dict[int, psutil.Process]:
             if "spawn_main" in " ".join(process.cmdline())}
 
 
+def manager_process(server: Server) -> psutil.Process:
+    """Return the Manager: the server spawns it before any worker."""
+    return min(spawned_children(server).values(), key=lambda process: process.create_time())
+
+
+def wait_not_ready(server: Server, timeout: float) -> int:
+    """Poll /readyz until it is no longer 200 or ``timeout`` seconds pass; return the last status."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(server.url + "/readyz").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return httpx.get(server.url + "/readyz").status_code
+
+
 def test_idle_worker_death_does_not_fail_next_job(server_factory: object) -> None:
     server = server_factory()
     api = Api(server)
@@ -168,7 +181,7 @@ def test_idle_worker_death_does_not_fail_next_job(server_factory: object) -> Non
 def test_pool_recovers_when_new_workers_die(server_factory: object) -> None:
     server = server_factory()
     api = Api(server)
-    manager = min(spawned_children(server).values(), key=lambda process: process.create_time())
+    manager = manager_process(server)
     job = api.start("spin", [], seconds=60)
     worker_pid(api, job["job_id"])
 
@@ -197,14 +210,11 @@ def test_pool_recovers_when_new_workers_die(server_factory: object) -> None:
 def test_lost_manager_gives_503_and_clean_exit(server_factory: object) -> None:
     server = server_factory()
     api = Api(server)
-    manager = min(spawned_children(server).values(), key=lambda process: process.create_time())
+    manager = manager_process(server)
     children = server.child_processes()
     manager.kill()
 
-    deadline = time.monotonic() + 10
-    while httpx.get(server.url + "/readyz").status_code == 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert httpx.get(server.url + "/readyz").status_code == 503
+    assert wait_not_ready(server, 10) == 503
     started = time.monotonic()
     response = api.client.post(f"{api.prefix}/jobs", json={"kind": "spin", "inputs": []})
     assert response.status_code == 503
@@ -256,14 +266,11 @@ def test_deleting_session_lets_cooperative_job_stop(api: Api, server: Server) ->
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
 def test_hung_manager_is_detected(server_factory: object) -> None:
     server = server_factory()
-    manager = min(spawned_children(server).values(), key=lambda process: process.create_time())
+    manager = manager_process(server)
     children = server.child_processes()
     manager.suspend()
 
-    deadline = time.monotonic() + 15
-    while httpx.get(server.url + "/readyz").status_code == 200 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert httpx.get(server.url + "/readyz").status_code == 503
+    assert wait_not_ready(server, 15) == 503
     assert "did not respond" in server.log()
     started = time.monotonic()
     assert server.stop() == 0

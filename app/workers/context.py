@@ -24,7 +24,7 @@ class JobCancelled(Exception):
 
 
 class JobContext:
-    """What a running job may use: progress reports, the cancel flag, logs and its output directory.
+    """The interface of a running job: progress reports, the cancel flag, logs and its output directory.
 
     ``events`` is a Manager queue proxy and ``cancel_flags`` a Manager dict proxy; both pickle under spawn.
     """
