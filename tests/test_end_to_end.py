@@ -99,8 +99,11 @@ async def test_profile_and_hash_real_files(server: Server) -> None:
         for job_id, (kind, name) in jobs.items():
             own = [event for event in events if event["job_id"] == job_id]
             done = [event["progress"]["done"] for event in own if event["type"] == "progress"]
-            assert len(set(done)) >= 3, f"{kind} on {name}: progress {done}"
+            # A fast job's unsent steps merge into the newest, so only the order and the end are certain.
+            assert done, f"{kind} on {name}: no progress"
             assert done == sorted(done), f"{kind} on {name}: progress went back: {done}"
+            if kind == "hash":
+                assert done[-1] == (DATA / name).stat().st_size
             assert own[-1]["type"] == "state"
             assert own[-1]["state"] == "succeeded", own[-1]
 
@@ -225,3 +228,22 @@ async def test_reconnect_after_seq_gets_newer_events(server: Server) -> None:
     async with websockets.connect(job_url) as ws:
         job_replay = [json.loads(message) async for message in ws]
     assert job_replay == newer
+
+
+async def test_long_job_streams_steady_progress(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        session_id, token = await create_session(client)
+        response = await client.post(f"/api/sessions/{session_id}/jobs",
+                                     json={"kind": "spin", "inputs": [], "params": {"seconds": 1.5}})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+
+        ws_url = f"{server.ws_url}/api/sessions/{session_id}/jobs/{job_id}/ws?token={token}"
+        async with websockets.connect(ws_url) as ws:
+            events = await collect_until_done(ws, {job_id})
+
+    done = [event["progress"]["done"] for event in events if event["type"] == "progress"]
+    # Reports are sent at most every 50 ms, so a reading client sees many of them over 1.5 s.
+    assert len(set(done)) >= 5, done
+    assert done == sorted(done)
+    assert events[-1]["state"] == "succeeded"
