@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "OFFLOAD_"
 
@@ -96,6 +97,27 @@ class Settings:
         metadata=_option("maximum size of one uploaded file, in bytes (suffixes KB, MB, GB, KiB, MiB, GiB)",
                          kind="size"),
     )
+    max_files_per_session: int = field(
+        default=1000, metadata=_option("files one session may store; more uploads get 413")
+    )
+    max_session_bytes: int = field(
+        default=10 * GiB,
+        metadata=_option("bytes of uploaded files one session may store; more uploads get 413", kind="size"),
+    )
+    upload_idle_s: float = field(
+        default=60.0,
+        metadata=_option("seconds an upload body may stop arriving before it is dropped with 408"),
+    )
+    upload_write_delay_s: float = field(
+        default=0.0,
+        metadata=_option("testing aid: seconds to sleep before each disk write of an upload, to act as a "
+                         "slow disk; keep 0 in production"),
+    )
+    cors_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=_option("comma-separated origins (scheme://host:port) whose pages may call the API and open "
+                         "websockets; * allows any; empty turns CORS off", kind="list"),
+    )
     max_queued_jobs_per_session: int = field(
         default=100, metadata=_option("queued jobs one session may have before new jobs get 429")
     )
@@ -174,8 +196,8 @@ class Settings:
         if self.start_method not in available:
             raise SettingsError(f"invalid {option_names('start_method')} {self.start_method!r}: this platform "
                                 f"has {', '.join(available)}")
-        for name in ("max_upload_bytes", "max_queued_jobs_per_session", "max_queued_jobs",
-                     "ws_send_queue", "event_backlog"):
+        for name in ("max_upload_bytes", "max_files_per_session", "max_session_bytes",
+                     "max_queued_jobs_per_session", "max_queued_jobs", "ws_send_queue", "event_backlog"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use at least 1")
         for name in ("crash_retries", "max_jobs_per_worker", "max_worker_rss_bytes"):
@@ -185,9 +207,16 @@ class Settings:
             raise SettingsError(f"invalid {option_names('job_timeout_s')} {self.job_timeout_s!r}: use at most "
                                 f"{option_names('max_job_timeout_s')} ({self.max_job_timeout_s!r})")
         for name in ("session_idle_s", "job_grace_s", "shutdown_timeout_s", "job_timeout_s", "max_job_timeout_s",
-                     "cancel_grace_s"):
+                     "cancel_grace_s", "upload_idle_s"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use a finite positive number")
+        if not math.isfinite(self.upload_write_delay_s) or self.upload_write_delay_s < 0:
+            raise SettingsError(f"invalid {option_names('upload_write_delay_s')} {self.upload_write_delay_s!r}: "
+                                "use 0 or a finite positive number")
+        for origin in self.cors_origins:
+            if origin != "*" and not _is_origin(origin):
+                raise SettingsError(f"invalid {option_names('cors_origins')} entry {origin!r}: use "
+                                    "scheme://host[:port] with no path, or *")
         if self.shutdown_timeout_s < self.job_grace_s + SHUTDOWN_MARGIN_S:
             raise SettingsError(
                 f"invalid {option_names('shutdown_timeout_s')} {self.shutdown_timeout_s!r}: use at least "
@@ -197,6 +226,11 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _is_origin(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.path and not parts.query
 
 
 def _convert(spec: dataclasses.Field[Any], text: str) -> Any:

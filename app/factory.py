@@ -9,6 +9,7 @@ from quart import Quart
 
 from .config import Settings, settings_from
 from .errors import install_error_handlers
+from .flow import FlowControlledConnection, FlowControlledRequest
 from .routes import api
 from .runtime import Runtime, StartupError
 from .streams import streams
@@ -17,7 +18,10 @@ logger = logging.getLogger("offload")
 
 
 class OffloadApp(Quart):
-    """Quart, but a ``StartupError`` is logged as its message alone, because it names what to change."""
+    """Quart with flow-controlled request bodies; a ``StartupError`` is logged as its message alone."""
+
+    asgi_http_class = FlowControlledConnection
+    request_class = FlowControlledRequest
 
     def log_exception(
         self,

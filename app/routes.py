@@ -17,7 +17,7 @@ from .jobs import TERMINAL_STATES, public_job
 from .names import clean_name, content_disposition
 from .runtime import Runtime
 from .sessions import Record, Session, new_id
-from .uploads import multipart_boundary, store_body, store_multipart, too_large
+from .uploads import UploadContext, UploadQuota, multipart_boundary, store_body, store_multipart
 
 api = Blueprint("api", __name__)
 
@@ -156,10 +156,8 @@ def _own_file(runtime: Runtime, session: Session, file_id: str) -> Record:
 async def put_file(session_id: str, name: str) -> tuple[Response, int]:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
-    assert runtime.store is not None
-    limit = runtime.settings.max_upload_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
+    context = _upload_context(runtime, session)
+    context.quota.reserve_length(request.content_length)
 
     content_type = request.headers.get("Content-Type", "")
     if content_type.startswith("multipart/form-data"):
@@ -170,15 +168,17 @@ async def put_file(session_id: str, name: str) -> tuple[Response, int]:
     directory = runtime.layout.files_dir(session_id)
     await _make_dir(directory)
     try:
-        size, sha256 = await store_body(request.body, directory / file_id, limit, runtime.stopping)
+        size, sha256 = await store_body(request.body, directory / file_id, context)
+        # curl --data-binary sends this type by default; it never describes a stored file.
+        if not content_type or content_type == "application/x-www-form-urlencoded":
+            content_type = _guess_type(name)
+        record = _file_record(file_id, name, size, sha256, content_type)
+        return await _register_upload(runtime, session, record), 201
     except FileNotFoundError:
         # The session was deleted, and its directory with it, while the body arrived.
         raise not_found("session", session_id) from None
-    # curl --data-binary sends this type by default; it never describes a stored file.
-    if not content_type or content_type == "application/x-www-form-urlencoded":
-        content_type = _guess_type(name)
-    record = _file_record(file_id, name, size, sha256, content_type)
-    return await _register_upload(runtime, session, record), 201
+    finally:
+        context.quota.release()
 
 
 @api.post("/api/sessions/<session_id>/files")
@@ -186,24 +186,33 @@ async def post_files(session_id: str) -> tuple[Response, int]:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
     boundary = multipart_boundary(request.headers.get("Content-Type", ""))
+    # Content-Length is not checked here: it counts part headers, and several files may share it.
+    context = _upload_context(runtime, session)
     directory = runtime.layout.files_dir(session_id)
     await _make_dir(directory)
 
     try:
-        uploads = await store_multipart(request.body, boundary, lambda: directory / new_id(),
-                                        runtime.settings.max_upload_bytes, runtime.stopping)
+        uploads = await store_multipart(request.body, boundary, lambda: directory / new_id(), context)
+        records = []
+        for upload in uploads:
+            name = clean_name(upload.name)
+            content_type = upload.content_type
+            if content_type == "application/octet-stream":
+                content_type = _guess_type(name)
+            record = _file_record(upload.path.name, name, upload.size, upload.sha256, content_type)
+            records.append(await _register_upload(runtime, session, record))
+        return json_response({"files": records}), 201
     except FileNotFoundError:
         # The session was deleted, and its directory with it, while the body arrived.
         raise not_found("session", session_id) from None
-    records = []
-    for upload in uploads:
-        name = clean_name(upload.name)
-        content_type = upload.content_type
-        if content_type == "application/octet-stream":
-            content_type = _guess_type(name)
-        record = _file_record(upload.path.name, name, upload.size, upload.sha256, content_type)
-        records.append(await _register_upload(runtime, session, record))
-    return json_response({"files": records}), 201
+    finally:
+        context.quota.release()
+
+
+def _upload_context(runtime: Runtime, session: Session) -> UploadContext:
+    settings = runtime.settings
+    return UploadContext(UploadQuota(session, settings), runtime.stopping, settings.upload_idle_s,
+                         settings.upload_write_delay_s)
 
 
 async def _make_dir(directory: Path) -> None:

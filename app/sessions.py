@@ -51,6 +51,10 @@ class Session:
     file_ids: list[str] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
     journaled_seen: float = 0.0
+    stored_bytes: int = 0
+    # Uploads whose bodies are still arriving, counted against the session's limits.
+    uploading_files: int = 0
+    uploading_bytes: int = 0
 
     @property
     def expires_at(self) -> float:
@@ -120,7 +124,9 @@ class SessionStore:
         for stored in files:
             record = {key: value for key, value in stored.items() if key != "session_id"}
             self.files[record["file_id"]] = record
-            self.sessions[stored["session_id"]].file_ids.append(record["file_id"])
+            session = self.sessions[stored["session_id"]]
+            session.file_ids.append(record["file_id"])
+            session.stored_bytes += record["size"]
             self._queue_write(self.shared_files, record["file_id"], record)
         for record in jobs:
             self.put_job(record, durable=False)
@@ -148,12 +154,15 @@ class SessionStore:
     def add_file(self, session: Session, record: Record) -> None:
         self.files[record["file_id"]] = record
         session.file_ids.append(record["file_id"])
+        session.stored_bytes += record["size"]
         self._queue_write(self.shared_files, record["file_id"], record)
         self.journal.put_file({**record, "session_id": session.session_id})
 
     def remove_file(self, session: Session, file_id: str) -> None:
-        self.files.pop(file_id, None)
+        record = self.files.pop(file_id, None)
         session.file_ids.remove(file_id)
+        if record is not None:
+            session.stored_bytes -= record["size"]
         self._queue_write(self.shared_files, file_id, _DELETE)
         self.journal.delete_file(file_id)
 

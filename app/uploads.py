@@ -19,8 +19,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-from .config import option_names
+from .config import Settings, option_names
 from .errors import ApiError, bad_request, quoted
+from .sessions import Session
 
 # Bytes gathered before one write; each write is a hop to a worker thread, so small network
 # chunks are batched.
@@ -45,6 +46,86 @@ class StoredUpload:
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "too_large",
                     f"upload exceeds the maximum file size of {limit} bytes ({option_names('max_upload_bytes')})")
+
+
+class UploadQuota:
+    """One request's share of its session's limits: file size, files stored and bytes stored.
+
+    Bodies still arriving count against the session limits too, so parallel uploads cannot pass them
+    together. ``release`` gives back what the request reserved, once its files are registered or removed.
+    """
+
+    def __init__(self, session: Session, settings: Settings) -> None:
+        self.session = session
+        self.max_file_bytes = settings.max_upload_bytes
+        self.max_files = settings.max_files_per_session
+        self.max_bytes = settings.max_session_bytes
+        self._files = 0
+        self._bytes = 0
+        self._prepaid = 0
+
+    def reserve_length(self, content_length: int | None) -> None:
+        """Reserve a raw body's declared length, or reject it before any of it is read.
+
+        Reserving first means that of two parallel uploads that cannot both fit, the later one fails at
+        once instead of both failing halfway.
+        """
+        if content_length is None:
+            return
+        if content_length > self.max_file_bytes:
+            raise too_large(self.max_file_bytes)
+        self._check_session_bytes(content_length)
+        self.session.uploading_bytes += content_length
+        self._bytes += content_length
+        self._prepaid = content_length
+
+    def start_file(self) -> None:
+        session = self.session
+        if len(session.file_ids) + session.uploading_files >= self.max_files:
+            raise ApiError(413, "too_many_files",
+                           f"session {session.session_id!r} already has {self.max_files} files "
+                           f"({option_names('max_files_per_session')}); delete some first")
+        session.uploading_files += 1
+        self._files += 1
+
+    def charge(self, file_bytes: int, count: int) -> None:
+        """Count ``count`` more bytes of a file that now has ``file_bytes``."""
+        if file_bytes > self.max_file_bytes:
+            raise too_large(self.max_file_bytes)
+        if file_bytes <= self._prepaid:
+            return
+        count = min(count, file_bytes - self._prepaid)
+        self._check_session_bytes(count)
+        self.session.uploading_bytes += count
+        self._bytes += count
+
+    def release(self) -> None:
+        self.session.uploading_files -= self._files
+        self.session.uploading_bytes -= self._bytes
+        self._files = self._bytes = self._prepaid = 0
+
+    def _check_session_bytes(self, count: int) -> None:
+        session = self.session
+        if session.stored_bytes + session.uploading_bytes + count > self.max_bytes:
+            raise ApiError(413, "session_full",
+                           f"session {session.session_id!r} would exceed {self.max_bytes} stored bytes "
+                           f"({option_names('max_session_bytes')}); delete files first")
+
+
+async def receive_chunks(body: AsyncIterable[bytes], idle_s: float) -> AsyncIterator[bytes]:
+    """Yield a request body's chunks; raise 408 when none arrives for ``idle_s`` seconds."""
+    chunks = aiter(body)
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(408, "upload_timeout",
+                           f"upload body stopped arriving for {idle_s:g} s ({option_names('upload_idle_s')}); "
+                           "send it again") from None
+        yield chunk
 
 
 class FileSink:
@@ -80,24 +161,32 @@ def shutting_down() -> ApiError:
     return ApiError(503, "shutting_down", "server is shutting down; upload again once it is back")
 
 
-class BatchedWriter:
-    """Collects chunks and writes them to a ``FileSink`` in batches, off the event loop.
+@dataclass
+class UploadContext:
+    """What every upload of one request shares: its quota, the shutdown event and the timing settings.
 
     ``stopping`` is the server's shutdown event: an upload still arriving then ends with 503.
     """
 
-    def __init__(self, sink: FileSink, limit: int, stopping: asyncio.Event) -> None:
+    quota: UploadQuota
+    stopping: asyncio.Event
+    idle_s: float
+    write_delay_s: float = 0.0
+
+
+class BatchedWriter:
+    """Collects chunks and writes them to a ``FileSink`` in batches, off the event loop."""
+
+    def __init__(self, sink: FileSink, context: UploadContext) -> None:
         self.sink = sink
-        self.limit = limit
-        self.stopping = stopping
+        self.context = context
         self.received = 0
         self._batch = bytearray()
 
     async def write(self, chunk: bytes) -> None:
+        self.context.quota.charge(self.received + len(chunk), len(chunk))
         self.received += len(chunk)
-        if self.received > self.limit:
-            raise too_large(self.limit)
-        if self.stopping.is_set():
+        if self.context.stopping.is_set():
             raise shutting_down()
         self._batch += chunk
         if len(self._batch) >= WRITE_BATCH_BYTES:
@@ -106,6 +195,8 @@ class BatchedWriter:
     async def flush(self) -> None:
         if self._batch:
             batch, self._batch = bytes(self._batch), bytearray()
+            if self.context.write_delay_s:
+                await asyncio.sleep(self.context.write_delay_s)
             await asyncio.to_thread(self.sink.write, batch)
 
     async def commit(self) -> str:
@@ -117,12 +208,12 @@ class BatchedWriter:
         await asyncio.to_thread(self.sink.discard)
 
 
-async def store_body(body: AsyncIterable[bytes], path: Path, limit: int,
-                     stopping: asyncio.Event) -> tuple[int, str]:
+async def store_body(body: AsyncIterable[bytes], path: Path, context: UploadContext) -> tuple[int, str]:
     """Stream a raw request body to ``path``; return its size and SHA-256 hex digest."""
-    writer = BatchedWriter(await asyncio.to_thread(FileSink, path), limit, stopping)
+    context.quota.start_file()
+    writer = BatchedWriter(await asyncio.to_thread(FileSink, path), context)
     try:
-        async for chunk in body:
+        async for chunk in receive_chunks(body, context.idle_s):
             await writer.write(chunk)
         digest = await writer.commit()
     except BaseException:
@@ -143,16 +234,16 @@ def multipart_boundary(content_type: str) -> bytes:
 
 
 async def store_multipart(body: AsyncIterable[bytes], boundary: bytes, new_path: Callable[[], Path],
-                          limit: int, stopping: asyncio.Event) -> list[StoredUpload]:
+                          context: UploadContext) -> list[StoredUpload]:
     """Stream every ``file`` part of a multipart body to a new path; return what was stored.
 
     ``new_path`` returns a fresh path for each file part. On any error every file of the request,
     finished or partial, is removed.
     """
     form = _MultipartForm(MultipartDecoder(boundary, MAX_FORM_MEMORY_BYTES, max_parts=MAX_FORM_PARTS),
-                          new_path, limit, stopping)
+                          new_path, context)
     try:
-        async for piece in _pieces(body):
+        async for piece in _pieces(receive_chunks(body, context.idle_s)):
             form.decoder.receive_data(piece)
             await form.drain()
         form.decoder.receive_data(None)
@@ -182,12 +273,10 @@ async def _pieces(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 class _MultipartForm:
     """The files of one multipart request: those stored so far and the one being written."""
 
-    def __init__(self, decoder: MultipartDecoder, new_path: Callable[[], Path], limit: int,
-                 stopping: asyncio.Event) -> None:
+    def __init__(self, decoder: MultipartDecoder, new_path: Callable[[], Path], context: UploadContext) -> None:
         self.decoder = decoder
         self.new_path = new_path
-        self.limit = limit
-        self.stopping = stopping
+        self.context = context
         self.stored: list[StoredUpload] = []
         self.current: tuple[BatchedWriter, str, str] | None = None
 
@@ -198,9 +287,9 @@ class _MultipartForm:
             if isinstance(event, (NeedData, Epilogue)):
                 return
             if isinstance(event, File) and event.name == FILE_FIELD:
+                self.context.quota.start_file()
                 sink = await asyncio.to_thread(FileSink, self.new_path())
-                self.current = (BatchedWriter(sink, self.limit, self.stopping), event.filename,
-                                _part_type(event.headers))
+                self.current = (BatchedWriter(sink, self.context), event.filename, _part_type(event.headers))
             elif isinstance(event, Field) and event.name == FILE_FIELD:
                 raise ValueError(f"part {FILE_FIELD!r} has no filename; send it as a file")
             elif isinstance(event, Data) and self.current is not None:

@@ -1,0 +1,74 @@
+"""Flow control for request bodies: the server reads a body from the network only as fast as it is consumed.
+
+Quart appends every ASGI body message to the request's buffer as soon as it arrives (Quart 0.22), so
+a client faster than the disk grows that buffer without bound. Here the task that receives messages
+waits while the buffer holds ``BODY_BUFFER_BYTES`` that the handler has not read yet. Hypercorn's queue of
+received messages is bounded (``max_app_queue_size``), so once it is full Hypercorn stops reading
+the socket and TCP slows the client down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator
+from typing import Any
+
+from hypercorn.typing import ASGIReceiveCallable
+from quart.asgi import ASGIHTTPConnection
+from quart.wrappers import Body, Request
+
+# Unread body bytes buffered per request before the server stops receiving.
+BODY_BUFFER_BYTES = 1024 * 1024
+
+
+class FlowControlledBody(Body):
+    """A request body whose receiver pauses while ``BODY_BUFFER_BYTES`` wait to be read.
+
+    Awaiting the whole body turns flow control off, because that reader takes nothing until the end.
+    """
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
+        super().__init__(expected_content_length, max_content_length)
+        self._room = asyncio.Event()
+        self._room.set()
+        self._whole = False
+
+    def append(self, data: bytes) -> None:
+        super().append(data)
+        if len(self._data) >= BODY_BUFFER_BYTES and not self._whole:
+            self._room.clear()
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await super().__anext__()
+        finally:
+            self._room.set()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        self._whole = True
+        self._room.set()
+        return super().__await__()
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+
+class FlowControlledRequest(Request):
+    body_class = FlowControlledBody
+
+
+class FlowControlledConnection(ASGIHTTPConnection):
+    """Quart's HTTP connection, but it receives the next body message only when the buffer has room."""
+
+    async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
+        body = request.body
+        while True:
+            if isinstance(body, FlowControlledBody):
+                await body.wait_for_room()
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+            elif message["type"] == "http.disconnect":
+                return
