@@ -10,7 +10,7 @@ from quart import Quart
 from .config import Settings, settings_from
 from .errors import install_error_handlers
 from .flow import FlowControlledConnection, FlowControlledRequest
-from .routes import api
+from .routes import FileNameConverter, api
 from .runtime import Runtime, StartupError
 from .streams import streams
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     # Uploads enforce their own limit while streaming; JSON bodies are capped in read_json.
     app.config["MAX_CONTENT_LENGTH"] = None
     install_error_handlers(app)
+    app.url_map.converters["filename"] = FileNameConverter
     app.register_blueprint(api)
     app.register_blueprint(streams)
 

@@ -14,6 +14,12 @@ MAX_NAME_BYTES = 255
 DEFAULT_NAME = "upload"
 
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
+_WINDOWS_FORBIDDEN_RE = re.compile(r'[<>:"/\\|?*]')
+# Windows opens these devices whatever the extension: "nul.txt" is NUL. The superscript digits count too.
+_WINDOWS_DEVICE_NAMES = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{prefix}{digit}" for prefix in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"]
+)
 # Bidirectional controls can make "exe.txt" display as "txt.exe".
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -31,6 +37,19 @@ def clean_name(name: str) -> str:
     name = _DRIVE_RE.sub("", name).strip()
     if name in ("", ".", ".."):
         return DEFAULT_NAME
+    return _truncate(name, MAX_NAME_BYTES)
+
+
+def disk_name(name: str) -> str:
+    """Return ``clean_name(name)`` made safe as a file name on Windows, macOS and Linux.
+
+    Job outputs and downloads of the command-line client are named after user files, so their names
+    must never be a Windows device name (``CON``, ``nul.txt``, ``COM1.log``), contain a character
+    Windows rejects, or end in a dot or space, which Windows silently drops.
+    """
+    name = _WINDOWS_FORBIDDEN_RE.sub("_", clean_name(name)).rstrip(". ") or DEFAULT_NAME
+    if name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICE_NAMES:
+        name = "_" + name
     return _truncate(name, MAX_NAME_BYTES)
 
 

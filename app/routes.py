@@ -11,6 +11,7 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app, has_request_context, request, websocket
 from quart.wrappers.response import FileBody
+from werkzeug.routing import PathConverter
 
 from .errors import ApiError, bad_request, not_found
 from .jobs import TERMINAL_STATES, public_job
@@ -20,6 +21,14 @@ from .sessions import Record, Session, new_id
 from .uploads import UploadContext, UploadQuota, multipart_boundary, store_body, store_multipart
 
 api = Blueprint("api", __name__)
+
+
+class FileNameConverter(PathConverter):
+    """A path segment and everything after it, also when it starts with "/" (``/etc/x`` sent encoded)."""
+
+    regex = ".+"
+    # Werkzeug treats a converter whose regex has no "/" as matching one segment only.
+    part_isolating = False
 
 TOKEN_COOKIE = "offload_token"
 MAX_JSON_BYTES = 1024 * 1024
@@ -152,7 +161,7 @@ def _own_file(runtime: Runtime, session: Session, file_id: str) -> Record:
     return runtime.store.files[file_id]
 
 
-@api.put("/api/sessions/<session_id>/files/<path:name>")
+@api.put("/api/sessions/<session_id>/files/<filename:name>")
 async def put_file(session_id: str, name: str) -> tuple[Response, int]:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
