@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import mimetypes
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from quart import Blueprint, Response, current_app, has_request_context, request, websocket
 from quart.wrappers.response import FileBody
@@ -18,9 +20,13 @@ from .jobs import TERMINAL_STATES, public_job
 from .names import clean_name, content_disposition
 from .runtime import Runtime
 from .sessions import Record, Session, new_id
-from .uploads import UploadContext, UploadQuota, multipart_boundary, store_body, store_multipart
+from .uploads import (UploadContext, UploadQuota, drained_on_rejection, multipart_boundary, store_body,
+                      store_multipart)
 
 api = Blueprint("api", __name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class FileNameConverter(PathConverter):
@@ -161,7 +167,19 @@ def _own_file(runtime: Runtime, session: Session, file_id: str) -> Record:
     return runtime.store.files[file_id]
 
 
+def drains_rejected_body(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Wrap an upload route so a rejected body is read and dropped, within bounds, before the error."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        async with drained_on_rejection(request.body):
+            return await handler(*args, **kwargs)
+
+    return wrapper
+
+
 @api.put("/api/sessions/<session_id>/files/<filename:name>")
+@drains_rejected_body
 async def put_file(session_id: str, name: str) -> tuple[Response, int]:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
@@ -191,6 +209,7 @@ async def put_file(session_id: str, name: str) -> tuple[Response, int]:
 
 
 @api.post("/api/sessions/<session_id>/files")
+@drains_rejected_body
 async def post_files(session_id: str) -> tuple[Response, int]:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)

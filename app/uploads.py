@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ PARSER_FEED_BYTES = 64 * 1024
 MAX_FORM_MEMORY_BYTES = 256 * 1024
 MAX_FORM_PARTS = 1000
 FILE_FIELD = "file"
+# How much of a rejected body is read and dropped before the error response, at most.
+DRAIN_MAX_BYTES = 16 * 1024 * 1024
+DRAIN_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -159,6 +163,34 @@ class FileSink:
 
 def shutting_down() -> ApiError:
     return ApiError(503, "shutting_down", "server is shutting down; upload again once it is back")
+
+
+@asynccontextmanager
+async def drained_on_rejection(body: AsyncIterable[bytes]) -> AsyncIterator[None]:
+    """Read and drop the rest of a rejected body, within bounds, before the error response goes out.
+
+    A client still sending when the server answers and closes may get a connection reset instead of
+    the response, so the server reads on for a little while to let the client see the reason.
+    """
+    try:
+        yield
+    except ApiError as error:
+        # A stalled body has nothing more to read, and a stopping server has no time for it.
+        if 400 <= error.status < 500 and error.status != 408:
+            await _drain(body)
+        raise
+
+
+async def _drain(body: AsyncIterable[bytes]) -> None:
+    dropped = 0
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            async for chunk in body:
+                dropped += len(chunk)
+                if dropped > DRAIN_MAX_BYTES:
+                    return
+    except TimeoutError:
+        return
 
 
 @dataclass
