@@ -8,8 +8,10 @@ from types import TracebackType
 from quart import Quart
 
 from .config import Settings, settings_from
+from .cors import install_cors, set_allowed_origins
 from .errors import install_error_handlers
 from .flow import FlowControlledConnection, FlowControlledRequest
+from .openapi import install_openapi
 from .routes import FileNameConverter, api
 from .runtime import Runtime, StartupError
 from .streams import streams
@@ -43,11 +45,14 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.url_map.converters["filename"] = FileNameConverter
     app.register_blueprint(api)
     app.register_blueprint(streams)
+    install_openapi(app)
+    install_cors(app)
 
     @app.before_serving
     async def start_runtime() -> None:
         runtime = Runtime(settings or settings_from())
         app.extensions["offload"] = runtime
+        set_allowed_origins(app, runtime.settings.cors_origins)
         await runtime.start()
 
     @app.after_serving

@@ -13,17 +13,27 @@ from typing import Any, ParamSpec, TypeVar
 
 from quart import Blueprint, Response, current_app, has_request_context, request, websocket
 from quart.wrappers.response import FileBody
+from quart_schema import document_response
 from werkzeug.routing import PathConverter
 
 from .errors import ApiError, bad_request, not_found
 from .jobs import TERMINAL_STATES, public_job
 from .names import clean_name, content_disposition
+from .openapi import binary_reply, documented, raw_body
 from .runtime import Runtime
+from .schemas import (FileList, FileRecord, Health, JobList, JobRecord, KindList, Readiness,
+                      SessionCreated)
 from .sessions import Record, Session, new_id
 from .uploads import (UploadContext, UploadQuota, drained_on_rejection, multipart_boundary, store_body,
                       store_multipart)
+from .validation import JobRequest
 
 api = Blueprint("api", __name__)
+
+MULTIPART_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                            "description": "one part per file, each with a filename"}}}}}}
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -105,11 +115,14 @@ async def read_json() -> Any:
 
 
 @api.get("/healthz")
+@documented(200, Health, session=False)
 async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
 @api.get("/readyz")
+@documented(200, Readiness, session=False)
+@document_response(Readiness, 503)
 async def readyz() -> Response:
     runtime = get_runtime()
     pool_running = runtime.pool is not None and runtime.pool.running
@@ -126,6 +139,7 @@ async def readyz() -> Response:
 
 
 @api.post("/api/sessions")
+@documented(201, SessionCreated, 503, session=False)
 async def create_session() -> Response:
     runtime = ready_runtime()
     assert runtime.store is not None
@@ -139,6 +153,7 @@ async def create_session() -> Response:
 
 
 @api.delete("/api/sessions/<session_id>")
+@documented(204, None, 401, 404, 503)
 async def delete_session(session_id: str) -> Response:
     runtime = ready_runtime()
     authenticate(runtime, session_id)
@@ -179,6 +194,7 @@ def drains_rejected_body(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awai
 
 
 @api.put("/api/sessions/<session_id>/files/<filename:name>")
+@documented(201, FileRecord, 400, 401, 404, 408, 413, 503, requestBody=raw_body())
 @drains_rejected_body
 async def put_file(session_id: str, name: str) -> tuple[Response, int]:
     runtime = ready_runtime()
@@ -209,6 +225,7 @@ async def put_file(session_id: str, name: str) -> tuple[Response, int]:
 
 
 @api.post("/api/sessions/<session_id>/files")
+@documented(201, FileList, 400, 401, 404, 408, 413, 503, requestBody=MULTIPART_BODY)
 @drains_rejected_body
 async def post_files(session_id: str) -> tuple[Response, int]:
     runtime = ready_runtime()
@@ -261,6 +278,7 @@ async def _register_upload(runtime: Runtime, session: Session, record: Record) -
 
 
 @api.get("/api/sessions/<session_id>/files")
+@documented(200, FileList, 401, 404, 503)
 async def list_files(session_id: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
@@ -269,6 +287,7 @@ async def list_files(session_id: str) -> Response:
 
 
 @api.get("/api/sessions/<session_id>/files/<file_id>/content")
+@documented(200, None, 401, 404, 503, responses=binary_reply("the file, streamed"))
 async def download_file(session_id: str, file_id: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
@@ -278,6 +297,7 @@ async def download_file(session_id: str, file_id: str) -> Response:
 
 
 @api.delete("/api/sessions/<session_id>/files/<file_id>")
+@documented(204, None, 401, 404, 409, 503)
 async def delete_file(session_id: str, file_id: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
@@ -306,12 +326,14 @@ def _stream_file(path: Path, name: str, content_type: str) -> Response:
 
 
 @api.get("/api/job-kinds")
+@documented(200, KindList, 503, session=False)
 async def job_kinds() -> Response:
     runtime = ready_runtime()
     return json_response({"kinds": [kind.describe() for kind in runtime.kinds.values()]})
 
 
 @api.post("/api/sessions/<session_id>/jobs")
+@documented(202, JobRecord, 400, 401, 404, 413, 429, 503, request=JobRequest)
 async def create_job(session_id: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
@@ -325,6 +347,7 @@ async def create_job(session_id: str) -> Response:
 
 
 @api.get("/api/sessions/<session_id>/jobs")
+@documented(200, JobList, 401, 404, 503)
 async def list_jobs(session_id: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
@@ -333,6 +356,7 @@ async def list_jobs(session_id: str) -> Response:
 
 
 @api.get("/api/sessions/<session_id>/jobs/<job_id>")
+@documented(200, JobRecord, 401, 404, 503)
 async def get_job(session_id: str, job_id: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
@@ -341,6 +365,7 @@ async def get_job(session_id: str, job_id: str) -> Response:
 
 
 @api.post("/api/sessions/<session_id>/jobs/<job_id>/cancel")
+@documented(202, JobRecord, 401, 404, 409, 503)
 async def cancel_job(session_id: str, job_id: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)
@@ -351,6 +376,7 @@ async def cancel_job(session_id: str, job_id: str) -> Response:
 
 
 @api.get("/api/sessions/<session_id>/jobs/<job_id>/outputs/<name>")
+@documented(200, None, 401, 404, 503, responses=binary_reply("the output file, streamed"))
 async def download_output(session_id: str, job_id: str, name: str) -> Response:
     runtime = ready_runtime()
     session = authenticate(runtime, session_id)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, websocket
 
+from .cors import origin_allowed
 from .errors import ApiError, bad_request, quoted
 from .events import CLOSE_SEND_GRACE_S, Event, Subscriber
 from .jobs import TERMINAL_STATES, public_job
@@ -40,7 +41,7 @@ async def job_stream(session_id: str, job_id: str) -> None:
 def _check_origin() -> None:
     """Reject a handshake whose Origin is another site; clients that send no Origin are not browsers."""
     origin = websocket.headers.get("Origin")
-    if origin is None:
+    if origin is None or origin_allowed(origin):
         return
     if urlsplit(origin).netloc.lower() != websocket.host.lower():
         raise ApiError(403, "forbidden_origin", f"websocket Origin {quoted(origin)} does not match host "
