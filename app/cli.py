@@ -34,6 +34,7 @@ def _serve(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _kinds(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .validation import param_caps
     from .workers.registry import KindError, discover_kinds
 
     try:
@@ -46,7 +47,7 @@ def _kinds(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         print(f"offload kinds: {error}", file=sys.stderr)
         return 1
     if arguments.json:
-        print(json.dumps([kind.describe() for kind in kinds.values()], indent=2))
+        print(json.dumps([kind.describe(param_caps(kind, settings)) for kind in kinds.values()], indent=2))
         return 0
     for kind in kinds.values():
         print(f"{kind.name}: {kind.description}")

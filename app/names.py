@@ -1,7 +1,8 @@
-"""User file names: cleaned for display, and encoded for ``Content-Disposition``.
+"""User file names: cleaned for display, encoded for ``Content-Disposition``, and made safe for outputs.
 
 The user's name is only metadata. Stored files are named by generated ids, so no name sent by a
-client ever becomes a path on the server.
+client ever becomes a path on the server. Job outputs may carry a name derived from it, made safe
+as one file name on every platform by ``output_file_name``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from urllib.parse import quote
 
 MAX_NAME_BYTES = 255
 DEFAULT_NAME = "upload"
+# Room is left for the ".part" suffix a job gives a file while it writes it.
+MAX_OUTPUT_NAME_BYTES = 240
 
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _WINDOWS_FORBIDDEN_RE = re.compile(r'[<>:"/\\|?*]')
@@ -40,17 +43,18 @@ def clean_name(name: str) -> str:
     return _truncate(name, MAX_NAME_BYTES)
 
 
-def disk_name(name: str) -> str:
+def disk_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     """Return ``clean_name(name)`` made safe as a file name on Windows, macOS and Linux.
 
     Job outputs and downloads of the command-line client are named after user files, so their names
     must never be a Windows device name (``CON``, ``nul.txt``, ``COM1.log``), contain a character
-    Windows rejects, or end in a dot or space, which Windows silently drops.
+    Windows rejects, or end in a dot or space, which Windows silently drops. The result is cut to
+    ``max_bytes`` UTF-8 bytes, keeping its suffix.
     """
     name = _WINDOWS_FORBIDDEN_RE.sub("_", clean_name(name)).rstrip(". ") or DEFAULT_NAME
     if name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICE_NAMES:
         name = "_" + name
-    return _truncate(name, MAX_NAME_BYTES)
+    return _truncate(name, max_bytes)
 
 
 def _truncate(name: str, limit: int) -> str:

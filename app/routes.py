@@ -26,7 +26,7 @@ from .schemas import (FileList, FileRecord, Health, JobList, JobRecord, KindList
 from .sessions import Record, Session, new_id
 from .uploads import (UploadContext, UploadQuota, drained_on_rejection, multipart_boundary, store_body,
                       store_multipart)
-from .validation import JobRequest
+from .validation import JobRequest, param_caps
 
 api = Blueprint("api", __name__)
 
@@ -329,7 +329,8 @@ def _stream_file(path: Path, name: str, content_type: str) -> Response:
 @documented(200, KindList, 503, session=False)
 async def job_kinds() -> Response:
     runtime = ready_runtime()
-    return json_response({"kinds": [kind.describe() for kind in runtime.kinds.values()]})
+    return json_response({"kinds": [kind.describe(param_caps(kind, runtime.settings))
+                                     for kind in runtime.kinds.values()]})
 
 
 @api.post("/api/sessions/<session_id>/jobs")

@@ -107,6 +107,7 @@ class KindDescription(BaseModel):
     inputs: KindInputs
     timeout_s: float | None
     params: dict[str, Any] = Field(description="JSON Schema of the kind's parameters, with defaults")
+    caps: dict[str, Any] = Field(description="server maximums of capped parameters, which a job may only lower")
 
 
 class KindList(BaseModel):
