@@ -108,8 +108,13 @@ class Settings:
     )
     ws_send_queue: int = field(
         default=1000,
-        metadata=_option("events a websocket client may fall behind by before it is disconnected; "
-                         "progress events are merged first"),
+        metadata=_option("events a websocket or event-stream client may fall behind by before it is "
+                         "disconnected; progress events are merged first"),
+    )
+    sse_keep_alive_s: float = field(
+        default=15.0,
+        metadata=_option("seconds without events after which an event stream sends a comment line, so "
+                         "proxies do not close it as idle"),
     )
     event_backlog: int = field(
         default=10000,
@@ -185,7 +190,7 @@ class Settings:
             raise SettingsError(f"invalid {option_names('job_timeout_s')} {self.job_timeout_s!r}: use at most "
                                 f"{option_names('max_job_timeout_s')} ({self.max_job_timeout_s!r})")
         for name in ("session_idle_s", "job_grace_s", "shutdown_timeout_s", "job_timeout_s", "max_job_timeout_s",
-                     "cancel_grace_s"):
+                     "cancel_grace_s", "sse_keep_alive_s"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use a finite positive number")
         if self.shutdown_timeout_s < self.job_grace_s + SHUTDOWN_MARGIN_S:

@@ -11,6 +11,7 @@ from .config import Settings, settings_from
 from .errors import install_error_handlers
 from .routes import api
 from .runtime import Runtime, StartupError
+from .sse import sse
 from .streams import streams
 
 logger = logging.getLogger("offload")
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     install_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(streams)
+    app.register_blueprint(sse)
 
     @app.before_serving
     async def start_runtime() -> None:

@@ -53,6 +53,7 @@ def test_parse_size_rejects(text: str) -> None:
     ({"start_method": "thread"}, "invalid --start-method (OFFLOAD_START_METHOD) 'thread'"),
     ({"max_upload_bytes": "0"}, "invalid --max-upload-bytes (OFFLOAD_MAX_UPLOAD_BYTES) 0"),
     ({"job_grace_s": "-1"}, "invalid --job-grace-s (OFFLOAD_JOB_GRACE_S) -1.0"),
+    ({"sse_keep_alive_s": "0"}, "invalid --sse-keep-alive-s (OFFLOAD_SSE_KEEP_ALIVE_S) 0.0"),
     ({"log_level": "loud"}, "invalid --log-level (OFFLOAD_LOG_LEVEL) 'LOUD'"),
     ({"job_grace_s": "8", "shutdown_timeout_s": "10"}, "invalid --shutdown-timeout-s"),
 ])
