@@ -20,6 +20,7 @@ from .config import Settings, option_names
 from .errors import ApiError, bad_request, not_found, quoted
 from .events import Event, EventHub
 from .layout import DataLayout, list_outputs
+from .metrics import Metrics
 from .pool import Worker, WorkerPool, describe_exit
 from .sessions import Record, Session, SessionStore, new_id
 from .validation import JobRequest, check_inputs, describe_validation_error, job_timeout
@@ -54,6 +55,8 @@ class RunningJob:
     """A job on a worker, with the reason it is being stopped, if it is."""
 
     job_id: str
+    session_id: str
+    kind: str
     worker: Worker
     task: asyncio.Task[None] | None = None
     stop_reason: str | None = None
@@ -64,13 +67,14 @@ class JobService:
     """Queues jobs, runs one per worker, enforces their limits, and records every state change."""
 
     def __init__(self, store: SessionStore, hub: EventHub, pool: WorkerPool, kinds: dict[str, JobKind],
-                 layout: DataLayout, settings: Settings) -> None:
+                 layout: DataLayout, settings: Settings, metrics: Metrics) -> None:
         self._store = store
         self._hub = hub
         self._pool = pool
         self._kinds = kinds
         self._layout = layout
         self._settings = settings
+        self._metrics = metrics
         self._queued: deque[str] = deque()
         self._running: dict[str, RunningJob] = {}
         self._ended: dict[str, asyncio.Event] = {}
@@ -90,6 +94,11 @@ class JobService:
     @property
     def running_count(self) -> int:
         return len(self._running)
+
+    def active_records(self) -> list[Record]:
+        """Return the records of queued and running jobs."""
+        job_ids = [*self._queued, *self._running]
+        return [record for job_id in job_ids if (record := self._store.jobs.get(job_id)) is not None]
 
     # Requests
 
@@ -263,7 +272,7 @@ class JobService:
             job_id = self._queued.popleft()
             record = self._store.jobs[job_id]
             worker.job_id = job_id
-            running = self._running[job_id] = RunningJob(job_id, worker)
+            running = self._running[job_id] = RunningJob(job_id, record["session_id"], record["kind"], worker)
             self._set_state(record, RUNNING, started_at=time.time(), attempts=record["attempts"] + 1)
             loop = asyncio.get_running_loop()
             running.timers.append(loop.call_later(record["timeout_s"], self._expire, job_id))
@@ -284,6 +293,9 @@ class JobService:
         finally:
             for timer in running.timers:
                 timer.cancel()
+            if job_id not in self._store.jobs:
+                # The session was deleted while the job ran, so no final state was published.
+                self._metrics.job_finished(running.kind, CANCELLED, None)
             self._running.pop(job_id, None)
             self._store.clear_cancel(job_id)
             self._dispatch()
@@ -467,6 +479,10 @@ class JobService:
         return record
 
     def _publish_state(self, record: Record) -> None:
+        if record["state"] in TERMINAL_STATES:
+            started = record["started_at"]
+            run_seconds = record["finished_at"] - started if started is not None else None
+            self._metrics.job_finished(record["kind"], record["state"], run_seconds)
         self._hub.publish(record["session_id"], {"job_id": record["job_id"], "type": "state",
                                                  "state": record["state"], "job": public_job(record)})
 

@@ -14,6 +14,7 @@ from quart.wrappers.response import FileBody
 
 from .errors import ApiError, bad_request, not_found
 from .jobs import TERMINAL_STATES, public_job
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .names import clean_name, content_disposition
 from .runtime import Runtime
 from .sessions import Record, Session, new_id
@@ -105,6 +106,12 @@ async def readyz() -> Response:
                     queued=runtime.jobs.queued_count, running=runtime.jobs.running_count,
                     subscribers=runtime.hub.subscriber_count)
     return json_response(body, 200 if body["ready"] else 503)
+
+
+@api.get("/metrics")
+async def metrics() -> Response:
+    # No token: the metrics name no session, file or job. Block the path at a reverse proxy to hide it.
+    return Response(get_runtime().metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
 
 # Sessions
@@ -218,6 +225,7 @@ async def _register_upload(runtime: Runtime, session: Session, record: Record) -
         raise not_found("session", session.session_id)
     runtime.store.add_file(session, record)
     await runtime.store.journal.committed()
+    runtime.metrics.upload_stored(record["size"])
     current_app.logger.info("session=%s file=%s stored: %d bytes", session.session_id, record["file_id"],
                             record["size"])
     return record

@@ -29,6 +29,7 @@ from .events import EventHub, EventPump
 from .jobs import INTERRUPTED, QUEUED, RUNNING, JobService
 from .journal import Journal, JournalContents
 from .layout import DataLayout
+from .metrics import Metrics
 from .pool import WorkerPool
 from .sessions import SessionStore
 from .workers.registry import JobKind, KindError, discover_kinds
@@ -68,6 +69,8 @@ class Runtime:
         self.manager: SyncManager | None = None
         self.store: SessionStore | None = None
         self.hub = EventHub(settings.event_backlog)
+        self.metrics = Metrics()
+        self.metrics.watch(self)
         self.pool: WorkerPool | None = None
         self.jobs: JobService | None = None
         self.journal: Journal | None = None
@@ -189,7 +192,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self.pool = WorkerPool(self.settings.workers, context, self.settings.extra_kinds,
                                (self._events, self.store.cancel_flags))
-        self.jobs = JobService(self.store, self.hub, self.pool, self.kinds, self.layout, self.settings)
+        self.jobs = JobService(self.store, self.hub, self.pool, self.kinds, self.layout, self.settings,
+                               self.metrics)
         self._pump = EventPump(self._events, loop, self.jobs.handle_event, self._manager_lost)
         self._pump.start()
         await self.pool.start()
