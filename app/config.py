@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .logs import LOG_FORMATS
+
 ENV_PREFIX = "OFFLOAD_"
 
 # ProcessPoolExecutor rejects more than 61 workers on Windows, because
@@ -159,6 +161,11 @@ class Settings:
         default="INFO",
         metadata=_option("logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     )
+    log_format: str = field(
+        default="text",
+        metadata=_option("log line format: text for people, json for one JSON object per line",
+                         choices=LOG_FORMATS),
+    )
     extra_kinds: tuple[str, ...] = field(
         default=(),
         metadata=_option("comma-separated importable modules that define more job kinds", kind="list"),
@@ -179,6 +186,9 @@ class Settings:
         if self.start_method not in available:
             raise SettingsError(f"invalid {option_names('start_method')} {self.start_method!r}: this platform "
                                 f"has {', '.join(available)}")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"invalid {option_names('log_format')} {self.log_format!r}: use one of "
+                                f"{', '.join(LOG_FORMATS)}")
         for name in ("max_upload_bytes", "max_queued_jobs_per_session", "max_queued_jobs",
                      "ws_send_queue", "event_backlog"):
             if getattr(self, name) < 1:
@@ -265,6 +275,8 @@ def settings_from(arguments: Mapping[str, Any] | None = None,
         if values["log_level"] not in choices:
             raise SettingsError(f"invalid {option_names('log_level')} {values['log_level']!r}: use one of "
                                 f"{', '.join(choices)}")
+    if "log_format" in values:
+        values["log_format"] = values["log_format"].lower()
     return Settings(**values)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .errors import bad_request, quoted
 from .events import CLOSE_SEND_GRACE_S, Event, Subscriber
 from .jobs import TERMINAL_STATES, public_job
+from .logs import log_ids
 from .runtime import CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, Runtime
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class EventStream:
     def log_dropped(self, transport: str) -> None:
         logger.warning("%s client fell more than %d events behind or stopped reading; disconnected",
                        transport, self.subscriber.limit,
-                       extra={"session_id": self.session_id, "job_id": self.job_id})
+                       extra=log_ids(self.session_id, self.job_id))
 
 
 def guard_deadline(subscriber: Subscriber) -> float | None:

@@ -14,6 +14,7 @@ from quart.wrappers.response import FileBody
 
 from .errors import ApiError, bad_request, not_found
 from .jobs import TERMINAL_STATES, public_job
+from .logs import log_ids
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .names import clean_name, content_disposition
 from .runtime import Runtime
@@ -123,7 +124,7 @@ async def create_session() -> Response:
     assert runtime.store is not None
     session, token = runtime.store.create_session(runtime.settings.session_idle_s)
     await runtime.store.journal.committed()
-    current_app.logger.info("session=%s created", session.session_id)
+    current_app.logger.info("session created", extra=log_ids(session.session_id))
     response = json_response({**session.public(), "token": token}, 201)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict",
                         path=f"/api/sessions/{session.session_id}")
@@ -136,7 +137,7 @@ async def delete_session(session_id: str) -> Response:
     authenticate(runtime, session_id)
     runtime.delete_session(session_id)
     await runtime.store.journal.committed()
-    current_app.logger.info("session=%s deleted", session_id)
+    current_app.logger.info("session deleted", extra=log_ids(session_id))
     return Response(status=204)
 
 
@@ -226,8 +227,8 @@ async def _register_upload(runtime: Runtime, session: Session, record: Record) -
     runtime.store.add_file(session, record)
     await runtime.store.journal.committed()
     runtime.metrics.upload_stored(record["size"])
-    current_app.logger.info("session=%s file=%s stored: %d bytes", session.session_id, record["file_id"],
-                            record["size"])
+    current_app.logger.info("file stored: %d bytes", record["size"],
+                            extra=log_ids(session.session_id, file_id=record["file_id"]))
     return record
 
 
