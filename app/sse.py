@@ -21,7 +21,8 @@ from .routes import authenticate, ready_runtime
 
 sse = Blueprint("sse", __name__)
 
-KEEP_ALIVE = b": keep-alive\n\n"
+# A comment line alone: a blank line after it would make some clients dispatch an empty event.
+KEEP_ALIVE = b": keep-alive\n"
 
 
 @sse.get("/api/sessions/<session_id>/events")

@@ -210,3 +210,14 @@ def test_shutdown_ends_open_streams(server_factory: Any) -> None:
     # The stream ended on its own, after the job's final state.
     assert events[-1]["type"] == "state"
     assert events[-1]["state"] == "interrupted"
+
+
+def test_deleting_session_ends_its_stream(api: Api) -> None:
+    with connect_sse(api.client, "GET", f"{api.prefix}/events") as source:
+        events = source.iter_sse()
+        assert next(events).event == "snapshot"
+        assert api.client.delete(api.prefix).status_code == 204
+        # The stream ends by itself; a hang here fails on the client's read timeout.
+        assert [(sse.event, sse.data) for sse in events] == []
+    response = api.client.get(f"{api.prefix}/events")
+    assert response.status_code == 404
