@@ -70,8 +70,9 @@ def _after() -> int | None:
 class TaskDeadline:
     """A send guard that cancels a whole task at its deadline.
 
-    Quart sends each chunk of a streamed body after the body's generator suspends, so a send that
-    stalls cannot be interrupted from inside the generator; cancelling the request task ends it.
+    Quart sends each chunk of a streamed body after the body's generator suspends (Quart 0.22,
+    ``ASGIHTTPConnection._send_response``), so the generator cannot interrupt a send that stalls.
+    Cancelling the request task ends it, and Quart then closes the generator.
     """
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
