@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .logs import LOG_FORMATS
+
 ENV_PREFIX = "OFFLOAD_"
 
 # ProcessPoolExecutor rejects more than 61 workers on Windows, because
@@ -133,8 +135,13 @@ class Settings:
     )
     ws_send_queue: int = field(
         default=1000,
-        metadata=_option("events a websocket client may fall behind by before it is disconnected; "
-                         "progress events are merged first"),
+        metadata=_option("events a websocket or event-stream client may fall behind by before it is "
+                         "disconnected; progress events are merged first"),
+    )
+    sse_keep_alive_s: float = field(
+        default=15.0,
+        metadata=_option("seconds without events after which an event stream sends a comment line, so "
+                         "proxies do not close it as idle"),
     )
     event_backlog: int = field(
         default=10000,
@@ -194,6 +201,11 @@ class Settings:
         default="INFO",
         metadata=_option("logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     )
+    log_format: str = field(
+        default="text",
+        metadata=_option("log line format: text for people, json for one JSON object per line",
+                         choices=LOG_FORMATS),
+    )
     extra_kinds: tuple[str, ...] = field(
         default=(),
         metadata=_option("comma-separated importable modules that define more job kinds", kind="list"),
@@ -214,6 +226,9 @@ class Settings:
         if self.start_method not in available:
             raise SettingsError(f"invalid {option_names('start_method')} {self.start_method!r}: this platform "
                                 f"has {', '.join(available)}")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"invalid {option_names('log_format')} {self.log_format!r}: use one of "
+                                f"{', '.join(LOG_FORMATS)}")
         for name in ("max_upload_bytes", "max_files_per_session", "max_session_bytes",
                      "max_queued_jobs_per_session", "max_queued_jobs", "ws_send_queue", "event_backlog",
                      "max_decompressed_bytes", "max_image_pixels"):
@@ -229,7 +244,7 @@ class Settings:
             raise SettingsError(f"invalid {option_names('job_timeout_s')} {self.job_timeout_s!r}: use at most "
                                 f"{option_names('max_job_timeout_s')} ({self.max_job_timeout_s!r})")
         for name in ("session_idle_s", "job_grace_s", "shutdown_timeout_s", "job_timeout_s", "max_job_timeout_s",
-                     "cancel_grace_s", "upload_idle_s"):
+                     "cancel_grace_s", "upload_idle_s", "sse_keep_alive_s"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use a finite positive number")
         if not math.isfinite(self.upload_write_delay_s) or self.upload_write_delay_s < 0:
@@ -316,6 +331,8 @@ def settings_from(arguments: Mapping[str, Any] | None = None,
         if values["log_level"] not in choices:
             raise SettingsError(f"invalid {option_names('log_level')} {values['log_level']!r}: use one of "
                                 f"{', '.join(choices)}")
+    if "log_format" in values:
+        values["log_format"] = values["log_format"].lower()
     return Settings(**values)
 
 

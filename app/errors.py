@@ -7,6 +7,8 @@ import logging
 from quart import Quart, Response, has_request_context, jsonify, request, websocket
 from werkzeug.exceptions import HTTPException
 
+from .logs import log_ids
+
 logger = logging.getLogger(__name__)
 
 
@@ -52,7 +54,7 @@ def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(ApiError)
     async def _api_error(error: ApiError) -> Response:
         # The path names the session and the file or job; the token is never part of it.
-        logger.info("%s -> %d %s: %s", _where(), error.status, error.code, error.message)
+        logger.info("%s -> %d %s: %s", _where(), error.status, error.code, error.message, extra=_path_ids())
         return error_response(error.status, error.code, error.message, error.headers)
 
     @app.errorhandler(HTTPException)
@@ -62,8 +64,15 @@ def install_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
-        logger.error("unhandled error on %s", _where(), exc_info=error)
+        logger.error("unhandled error on %s", _where(), exc_info=error, extra=_path_ids())
         return error_response(500, "internal_error", "internal server error; the server log has the details")
+
+
+def _path_ids() -> dict[str, str]:
+    """Return the session, job and file ids named in the matched route's path."""
+    connection = request if has_request_context() else websocket
+    values = connection.view_args or {}
+    return log_ids(values.get("session_id"), values.get("job_id"), values.get("file_id"))
 
 
 def _where() -> str:

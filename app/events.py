@@ -13,7 +13,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,12 @@ Event = dict[str, Any]
 
 # Seconds a closed subscriber's client gets to read the last events before it is dropped.
 CLOSE_SEND_GRACE_S = 1.0
+
+
+class SendGuard(Protocol):
+    """A deadline around a send, such as ``asyncio.Timeout``; ``None`` means no deadline."""
+
+    def reschedule(self, when: float | None) -> None: ...
 
 
 class Subscriber:
@@ -34,9 +40,9 @@ class Subscriber:
         self.closed = False
         self.close_code = 1000
         self.close_reason = ""
-        # The timeout around the sender's current send, so a client that stops reading can be
+        # The deadline around the sender's current send, so a client that stops reading can be
         # dropped at once when it overflows or the server closes it.
-        self.send_guard: asyncio.Timeout | None = None
+        self.send_guard: SendGuard | None = None
         self._pending: dict[int, Event] = {}
         self._pending_progress: dict[str, int] = {}
         self._wakeup = asyncio.Event()

@@ -14,6 +14,7 @@ from .flow import FlowControlledConnection, FlowControlledRequest
 from .openapi import install_openapi
 from .routes import FileNameConverter, api
 from .runtime import Runtime, StartupError
+from .sse import sse
 from .streams import streams
 
 logger = logging.getLogger("offload")
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.url_map.converters["filename"] = FileNameConverter
     app.register_blueprint(api)
     app.register_blueprint(streams)
+    app.register_blueprint(sse)
     install_openapi(app)
     install_cors(app)
 

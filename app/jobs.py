@@ -20,6 +20,8 @@ from .config import Settings, option_names
 from .errors import ApiError, bad_request, not_found, quoted
 from .events import Event, EventHub
 from .layout import DataLayout, list_outputs
+from .logs import log_ids
+from .metrics import Metrics
 from .pool import Worker, WorkerPool, describe_exit
 from .sessions import Record, Session, SessionStore, new_id
 from .validation import JobRequest, apply_caps, check_inputs, describe_validation_error, job_timeout
@@ -54,23 +56,29 @@ class RunningJob:
     """A job on a worker, with the reason it is being stopped, if it is."""
 
     job_id: str
+    session_id: str
+    kind: str
     worker: Worker
     task: asyncio.Task[None] | None = None
     stop_reason: str | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    def log_ids(self) -> dict[str, str]:
+        return log_ids(self.session_id, self.job_id)
 
 
 class JobService:
     """Queues jobs, runs one per worker, enforces their limits, and records every state change."""
 
     def __init__(self, store: SessionStore, hub: EventHub, pool: WorkerPool, kinds: dict[str, JobKind],
-                 layout: DataLayout, settings: Settings) -> None:
+                 layout: DataLayout, settings: Settings, metrics: Metrics) -> None:
         self._store = store
         self._hub = hub
         self._pool = pool
         self._kinds = kinds
         self._layout = layout
         self._settings = settings
+        self._metrics = metrics
         self._queued: deque[str] = deque()
         self._running: dict[str, RunningJob] = {}
         self._ended: dict[str, asyncio.Event] = {}
@@ -90,6 +98,11 @@ class JobService:
     @property
     def running_count(self) -> int:
         return len(self._running)
+
+    def active_records(self) -> list[Record]:
+        """Return the records of queued and running jobs."""
+        job_ids = [*self._queued, *self._running]
+        return [record for job_id in job_ids if (record := self._store.jobs.get(job_id)) is not None]
 
     # Requests
 
@@ -117,8 +130,8 @@ class JobService:
         self._store.put_job(record)
         self._publish_state(record)
         self._queued.append(record["job_id"])
-        logger.info("session=%s job=%s queued: kind %s, inputs %s, time limit %.0f s", session.session_id,
-                    record["job_id"], kind.name, request.inputs, timeout_s)
+        logger.info("queued: kind %s, inputs %s, time limit %.0f s", kind.name, request.inputs, timeout_s,
+                    extra=log_ids(session.session_id, record["job_id"]))
         self._dispatch()
         return record
 
@@ -167,7 +180,7 @@ class JobService:
 
         if record["state"] == QUEUED:
             self._queued.remove(job_id)
-            logger.info("session=%s job=%s cancelled while queued", session.session_id, job_id)
+            logger.info("cancelled while queued", extra=log_ids(session.session_id, job_id))
             return self._set_state(record, CANCELLED, finished_at=time.time())
 
         self._stop_running(job_id, CANCELLED)
@@ -192,8 +205,8 @@ class JobService:
         running.stop_reason = reason
         self._store.request_cancel(job_id)
         grace = self._settings.cancel_grace_s
-        logger.info("session=%s job=%s asked to stop (%s); its worker is killed after %.1f s",
-                    self._session_of(job_id), job_id, reason, grace)
+        logger.info("asked to stop (%s); its worker is killed after %.1f s", reason, grace,
+                    extra=running.log_ids())
         loop = asyncio.get_running_loop()
         running.timers.append(loop.call_later(grace, self._kill_worker, job_id))
 
@@ -201,18 +214,15 @@ class JobService:
         running = self._running.get(job_id)
         if running is None or running.worker.job_id != job_id:
             return
-        logger.warning("session=%s job=%s still running %.1f s after it was asked to stop; killing worker "
-                       "pid %s", self._session_of(job_id), job_id, self._settings.cancel_grace_s,
-                       running.worker.pid)
+        logger.warning("still running %.1f s after it was asked to stop; killing worker pid %s",
+                       self._settings.cancel_grace_s, running.worker.pid, extra=running.log_ids())
         running.worker.kill(running.stop_reason or CANCELLED)
 
     def _expire(self, job_id: str) -> None:
-        logger.warning("session=%s job=%s reached its time limit", self._session_of(job_id), job_id)
+        running = self._running.get(job_id)
+        if running is not None:
+            logger.warning("reached its time limit", extra=running.log_ids())
         self._stop_running(job_id, TIMED_OUT)
-
-    def _session_of(self, job_id: str) -> str:
-        record = self._store.jobs.get(job_id)
-        return record["session_id"] if record is not None else "?"
 
     async def _watch_workers(self) -> None:
         """Kill workers over the memory limit, and replace idle workers that died."""
@@ -221,8 +231,8 @@ class JobService:
             await asyncio.sleep(WATCH_INTERVAL_S)
             for running in list(self._running.values()):
                 if limit and running.stop_reason is None and running.worker.rss() > limit:
-                    logger.warning("session=%s job=%s worker pid %s is over %d bytes of memory; killing it",
-                                   self._session_of(running.job_id), running.job_id, running.worker.pid, limit)
+                    logger.warning("worker pid %s is over %d bytes of memory; killing it", running.worker.pid,
+                                   limit, extra=running.log_ids())
                     running.stop_reason = "memory"
                     running.worker.kill("memory")
             for worker in self._pool.idle_workers():
@@ -250,7 +260,7 @@ class JobService:
             self._hub.publish(record["session_id"],
                               {"job_id": job_id, "type": "progress", "progress": event["progress"]})
         elif event["type"] == "log":
-            logger.info("session=%s job=%s log: %s", record["session_id"], job_id, event["message"])
+            # The worker logged the line itself, with the job's ids.
             self._hub.publish(record["session_id"], {"job_id": job_id, "type": "log",
                                                      "level": event["level"], "message": event["message"]})
 
@@ -264,7 +274,7 @@ class JobService:
             job_id = self._queued.popleft()
             record = self._store.jobs[job_id]
             worker.job_id = job_id
-            running = self._running[job_id] = RunningJob(job_id, worker)
+            running = self._running[job_id] = RunningJob(job_id, record["session_id"], record["kind"], worker)
             self._set_state(record, RUNNING, started_at=time.time(), attempts=record["attempts"] + 1)
             loop = asyncio.get_running_loop()
             running.timers.append(loop.call_later(record["timeout_s"], self._expire, job_id))
@@ -276,7 +286,7 @@ class JobService:
             outcome = await self._execute(running)
             await self._conclude(running, outcome)
         except Exception:
-            logger.exception("job=%s internal error while running", job_id)
+            logger.exception("internal error while running", extra=running.log_ids())
             record = self._store.jobs.get(job_id)
             if record is not None and record["state"] not in TERMINAL_STATES:
                 await self._finish(record, {"status": FAILED, "error": {
@@ -285,6 +295,9 @@ class JobService:
         finally:
             for timer in running.timers:
                 timer.cancel()
+            if job_id not in self._store.jobs:
+                # The session was deleted while the job ran, so no final state was published.
+                self._metrics.job_finished(running.kind, CANCELLED, None)
             self._running.pop(job_id, None)
             self._store.clear_cancel(job_id)
             self._dispatch()
@@ -331,8 +344,8 @@ class JobService:
             try:
                 await asyncio.wait_for(ended.wait(), END_MARKER_TIMEOUT_S)
             except asyncio.TimeoutError:
-                logger.warning("session=%s job=%s last events did not arrive within %.1f s",
-                               spec["session_id"], running.job_id, END_MARKER_TIMEOUT_S)
+                logger.warning("last events did not arrive within %.1f s", END_MARKER_TIMEOUT_S,
+                               extra=running.log_ids())
         return outcome
 
     async def _conclude(self, running: RunningJob, outcome: dict[str, Any]) -> None:
@@ -387,13 +400,12 @@ class JobService:
             return {"status": CANCELLED}
         attempts = record["attempts"]
         if attempts <= self._settings.crash_retries:
-            logger.warning("session=%s job=%s killed its worker pid %s with %s; retrying (attempt %d of %d)",
-                           self._session_of(running.job_id), running.job_id, running.worker.pid,
-                           describe_exit(exit_code), attempts + 1, self._settings.crash_retries + 1)
+            logger.warning("killed its worker pid %s with %s; retrying (attempt %d of %d)", running.worker.pid,
+                           describe_exit(exit_code), attempts + 1, self._settings.crash_retries + 1,
+                           extra=running.log_ids())
             return {"status": QUEUED, "retry": True}
-        logger.error("session=%s job=%s killed its worker pid %s with %s on every attempt; failing it",
-                     self._session_of(running.job_id), running.job_id, running.worker.pid,
-                     describe_exit(exit_code))
+        logger.error("killed its worker pid %s with %s on every attempt; failing it", running.worker.pid,
+                     describe_exit(exit_code), extra=running.log_ids())
         return {"status": FAILED, "error": {
             "type": "WorkerCrashed", "exit_code": exit_code,
             "message": f"the job's worker process ended with {describe_exit(exit_code)} "
@@ -458,12 +470,12 @@ class JobService:
                                                      "result": outcome["result"]})
 
         elapsed = changes["finished_at"] - (record["started_at"] or changes["finished_at"])
+        ids = log_ids(record["session_id"], record["job_id"])
         if status == FAILED and "traceback" in outcome:
-            logger.warning("session=%s job=%s failed after %.3f s: %s\n%s", record["session_id"],
-                           record["job_id"], elapsed, outcome["error"]["message"], outcome["traceback"])
+            logger.warning("failed after %.3f s: %s\n%s", elapsed, outcome["error"]["message"],
+                           outcome["traceback"], extra=ids)
         else:
-            logger.info("session=%s job=%s %s after %.3f s", record["session_id"], record["job_id"],
-                        status, elapsed)
+            logger.info("%s after %.3f s", status, elapsed, extra=ids)
         self._store.put_job(final, durable=False)
         self._publish_state(final)
 
@@ -474,6 +486,10 @@ class JobService:
         return record
 
     def _publish_state(self, record: Record) -> None:
+        if record["state"] in TERMINAL_STATES:
+            started = record["started_at"]
+            run_seconds = record["finished_at"] - started if started is not None else None
+            self._metrics.job_finished(record["kind"], record["state"], run_seconds)
         self._hub.publish(record["session_id"], {"job_id": record["job_id"], "type": "state",
                                                  "state": record["state"], "job": public_job(record)})
 

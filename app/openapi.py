@@ -72,6 +72,23 @@ def binary_reply(description: str) -> dict[str, Any]:
     return {"200": {"description": description, "content": {"application/octet-stream": BINARY}}}
 
 
+def text_reply(media_type: str, description: str) -> dict[str, Any]:
+    return {"200": {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}}
+
+
+EVENT_STREAM_PARAMETERS = [
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^[0-9]+$"},
+     "description": "the id of the last event received; only newer events are sent"},
+    {"name": "after", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]+$"},
+     "description": "the seq of the last event received, as with the websockets"},
+]
+
+
+def event_stream_reply() -> dict[str, Any]:
+    return {**text_reply("text/event-stream", "events as id, event and data lines, until the job ends"),
+            "204": {"description": "the job had already ended for this Last-Event-ID; stop reconnecting"}}
+
+
 class OffloadOpenAPI(OpenAPIProvider):
     """quart-schema's document, plus the non-JSON bodies and the job kinds of this server."""
 
@@ -101,6 +118,8 @@ def _merge_operation(operation: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if key == "responses":
             operation.setdefault("responses", {}).update(value)
+        elif key == "parameters":
+            operation.setdefault("parameters", []).extend(value)
         else:
             operation[key] = value
     for status, response in operation.get("responses", {}).items():

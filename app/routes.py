@@ -18,8 +18,10 @@ from werkzeug.routing import PathConverter
 
 from .errors import ApiError, bad_request, not_found
 from .jobs import TERMINAL_STATES, public_job
+from .logs import log_ids
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .names import clean_name, content_disposition
-from .openapi import binary_reply, documented, raw_body
+from .openapi import binary_reply, documented, raw_body, text_reply
 from .runtime import Runtime
 from .schemas import (FileList, FileRecord, Health, JobList, JobRecord, KindList, Readiness,
                       SessionCreated)
@@ -42,7 +44,8 @@ T = TypeVar("T")
 class FileNameConverter(PathConverter):
     """A path segment and everything after it, also when it starts with "/" (``/etc/x`` sent encoded)."""
 
-    regex = ".+"
+    # "." would stop at a line break, which a decoded name may contain.
+    regex = r"[\s\S]+"
     # Werkzeug treats a converter whose regex has no "/" as matching one segment only.
     part_isolating = False
 
@@ -135,6 +138,13 @@ async def readyz() -> Response:
     return json_response(body, 200 if body["ready"] else 503)
 
 
+@api.get("/metrics")
+@documented(200, None, session=False, responses=text_reply(METRICS_CONTENT_TYPE, "Prometheus text format"))
+async def metrics() -> Response:
+    # No token: the metrics name no session, file or job. Block the path at a reverse proxy to hide it.
+    return Response(get_runtime().metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
+
 # Sessions
 
 
@@ -145,7 +155,7 @@ async def create_session() -> Response:
     assert runtime.store is not None
     session, token = runtime.store.create_session(runtime.settings.session_idle_s)
     await runtime.store.journal.committed()
-    current_app.logger.info("session=%s created", session.session_id)
+    current_app.logger.info("session created", extra=log_ids(session.session_id))
     response = json_response({**session.public(), "token": token}, 201)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict",
                         path=f"/api/sessions/{session.session_id}")
@@ -159,7 +169,7 @@ async def delete_session(session_id: str) -> Response:
     authenticate(runtime, session_id)
     runtime.delete_session(session_id)
     await runtime.store.journal.committed()
-    current_app.logger.info("session=%s deleted", session_id)
+    current_app.logger.info("session deleted", extra=log_ids(session_id))
     return Response(status=204)
 
 
@@ -272,8 +282,9 @@ async def _register_upload(runtime: Runtime, session: Session, record: Record) -
         raise not_found("session", session.session_id)
     runtime.store.add_file(session, record)
     await runtime.store.journal.committed()
-    current_app.logger.info("session=%s file=%s stored: %d bytes", session.session_id, record["file_id"],
-                            record["size"])
+    runtime.metrics.upload_stored(record["size"])
+    current_app.logger.info("file stored: %d bytes", record["size"],
+                            extra=log_ids(session.session_id, file_id=record["file_id"]))
     return record
 
 

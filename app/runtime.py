@@ -29,6 +29,8 @@ from .events import EventHub, EventPump
 from .jobs import INTERRUPTED, QUEUED, RUNNING, JobService
 from .journal import Journal, JournalContents
 from .layout import DataLayout
+from .logs import log_ids
+from .metrics import Metrics
 from .pool import WorkerPool
 from .sessions import SessionStore
 from .validation import check_capped_params
@@ -69,6 +71,8 @@ class Runtime:
         self.manager: SyncManager | None = None
         self.store: SessionStore | None = None
         self.hub = EventHub(settings.event_backlog)
+        self.metrics = Metrics()
+        self.metrics.watch(self)
         self.pool: WorkerPool | None = None
         self.jobs: JobService | None = None
         self.journal: Journal | None = None
@@ -193,8 +197,10 @@ class Runtime:
 
         loop = asyncio.get_running_loop()
         self.pool = WorkerPool(self.settings.workers, context, self.settings.extra_kinds,
-                               (self._events, self.store.cancel_flags))
-        self.jobs = JobService(self.store, self.hub, self.pool, self.kinds, self.layout, self.settings)
+                               (self._events, self.store.cancel_flags, self.settings.log_level,
+                                self.settings.log_format))
+        self.jobs = JobService(self.store, self.hub, self.pool, self.kinds, self.layout, self.settings,
+                               self.metrics)
         self._pump = EventPump(self._events, loop, self.jobs.handle_event, self._manager_lost)
         self._pump.start()
         await self.pool.start()
@@ -346,7 +352,8 @@ class Runtime:
                 await self.remove_path(path)
             assert self.store is not None
             for session_id in self.store.expired_sessions(time.time()):
-                logger.info("session=%s expired after %.0f s idle", session_id, self.settings.session_idle_s)
+                logger.info("session expired after %.0f s idle", self.settings.session_idle_s,
+                            extra=log_ids(session_id))
                 self.delete_session(session_id)
 
 

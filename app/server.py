@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
@@ -18,6 +17,7 @@ from quart import Quart
 
 from .config import Settings, option_names
 from .factory import create_app
+from .logs import configure_logging
 from .runtime import Runtime
 
 logger = logging.getLogger("offload")
@@ -28,11 +28,6 @@ CONNECTION_GRACE_S = 2.0
 # Windows delivers CTRL_BREAK_EVENT as SIGBREAK; CTRL_C_EVENT arrives as SIGINT.
 SHUTDOWN_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK")
                          if hasattr(signal, name))
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -51,7 +46,7 @@ def hypercorn_config(settings: Settings) -> Config:
 
 def run_server(settings: Settings) -> int:
     """Serve until a shutdown signal; return the process exit status."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     config = hypercorn_config(settings)
     try:
         # Hypercorn binds only after the app started its pool; trying first fails fast and cheaply.

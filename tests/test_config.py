@@ -27,11 +27,13 @@ def test_flags_win_over_environment() -> None:
 
 def test_environment_values_are_converted() -> None:
     settings = settings_from({}, {"OFFLOAD_MAX_UPLOAD_BYTES": "2GiB", "OFFLOAD_JOB_GRACE_S": "0.5",
-                                  "OFFLOAD_EXTRA_KINDS": "a.b, c.d", "OFFLOAD_LOG_LEVEL": "debug"})
+                                  "OFFLOAD_EXTRA_KINDS": "a.b, c.d", "OFFLOAD_LOG_LEVEL": "debug",
+                                  "OFFLOAD_LOG_FORMAT": "JSON"})
     assert settings.max_upload_bytes == 2 * GiB
     assert settings.job_grace_s == 0.5
     assert settings.extra_kinds == ("a.b", "c.d")
     assert settings.log_level == "DEBUG"
+    assert settings.log_format == "json"
 
 
 @pytest.mark.parametrize(("text", "expected"), [("0", 0), ("512", 512), ("1KiB", 1024), ("2 MB", 2_000_000),
@@ -53,6 +55,8 @@ def test_parse_size_rejects(text: str) -> None:
     ({"start_method": "thread"}, "invalid --start-method (OFFLOAD_START_METHOD) 'thread'"),
     ({"max_upload_bytes": "0"}, "invalid --max-upload-bytes (OFFLOAD_MAX_UPLOAD_BYTES) 0"),
     ({"job_grace_s": "-1"}, "invalid --job-grace-s (OFFLOAD_JOB_GRACE_S) -1.0"),
+    ({"sse_keep_alive_s": "0"}, "invalid --sse-keep-alive-s (OFFLOAD_SSE_KEEP_ALIVE_S) 0.0"),
+    ({"log_format": "xml"}, "invalid --log-format (OFFLOAD_LOG_FORMAT) 'xml'"),
     ({"log_level": "loud"}, "invalid --log-level (OFFLOAD_LOG_LEVEL) 'LOUD'"),
     ({"job_grace_s": "8", "shutdown_timeout_s": "10"}, "invalid --shutdown-timeout-s"),
     ({"max_decompressed_bytes": "0"}, "invalid --max-decompressed-bytes (OFFLOAD_MAX_DECOMPRESSED_BYTES) 0"),

@@ -13,6 +13,8 @@ from typing import Any, BinaryIO
 
 from ..names import MAX_OUTPUT_NAME_BYTES, disk_name
 
+from ..logs import log_ids
+
 logger = logging.getLogger(__name__)
 
 # A job may call progress() on every chunk. At most one event per interval is sent, plus one per
@@ -120,8 +122,8 @@ class JobContext:
 
     def log(self, message: str, level: str = "info") -> None:
         """Send a log line to the job's event stream and to the worker's own log."""
-        logger.log(logging.getLevelName(level.upper()), "session=%s job=%s %s",
-                   self.session_id, self.job_id, message)
+        logger.log(logging.getLevelName(level.upper()), "%s", message,
+                   extra=log_ids(self.session_id, self.job_id))
         self._send({"type": "log", "level": level, "message": message})
 
     def send_event(self, event: dict[str, Any]) -> None:

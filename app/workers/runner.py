@@ -19,6 +19,7 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from ..logs import configure_logging
 from .context import JobCancelled, JobContext
 from .registry import builtin_modules, find_kind, load_kinds
 
@@ -86,8 +87,8 @@ def _exit_with_parent(sentinel: int) -> None:
 
 
 def init_worker(events: queue.Queue[dict[str, Any]] | None,
-                cancel_flags: MutableMapping[str, bool] | None) -> None:
-    """Pool initializer: ignore group signals, watch the server, and keep the Manager proxies.
+                cancel_flags: MutableMapping[str, bool] | None, log_level: str, log_format: str) -> None:
+    """Pool initializer: ignore group signals, watch the server, log like it, and keep the Manager proxies.
 
     Workers keep the default SIGTERM action, because ProcessPoolExecutor stops the remaining workers
     of a broken pool with ``terminate()`` and then joins them.
@@ -95,6 +96,7 @@ def init_worker(events: queue.Queue[dict[str, Any]] | None,
     global _events, _cancel_flags
     _ignore_signals(GROUP_SIGNALS)
     _watch_parent()
+    configure_logging(log_level, log_format)
     _events = events
     _cancel_flags = cancel_flags
 
