@@ -9,6 +9,7 @@ from quart import Quart
 
 from .config import Settings, settings_from
 from .errors import install_error_handlers
+from .page import page
 from .routes import api
 from .runtime import Runtime, StartupError
 from .streams import streams
@@ -32,12 +33,14 @@ class OffloadApp(Quart):
 
 def create_app(settings: Settings | None = None) -> Quart:
     """Build the Quart app; without ``settings`` it reads ``OFFLOAD_*`` variables when serving starts."""
-    app = OffloadApp("offload")
+    # The page blueprint serves the static files; Quart's own static route would look in the working directory.
+    app = OffloadApp("offload", static_folder=None)
     # Uploads enforce their own limit while streaming; JSON bodies are capped in read_json.
     app.config["MAX_CONTENT_LENGTH"] = None
     install_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(streams)
+    app.register_blueprint(page)
 
     @app.before_serving
     async def start_runtime() -> None:
