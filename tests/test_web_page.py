@@ -7,6 +7,7 @@ a browser build of its own. ``.ci/run`` installs Chromium, and the browser tests
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,12 +206,23 @@ def test_page_profile_validation_and_cancel(page: Page, server: Server) -> None:
 def test_page_reconnects_after_restarts(page: Page, tmp_path: Path) -> None:
     server = start_server(tmp_path)
     restarted: Server | None = None
+    sockets: list[str] = []
+    page.on("websocket", lambda socket: sockets.append(socket.url))
     try:
         open_page(page, server)
         upload(page, DATA / "airports.csv")
         first = start_job(page, "hash", ["airports.csv"])
         expect_finished(first)
         session_id = page.evaluate(f"sessionStorage.getItem('{SESSION_KEY}')")
+
+        # A stream dropped in the middle of a job resumes after the last event the page saw.
+        spin = start_job(page, "spin", [], {"Seconds": "3"})
+        expect(spin).to_have_attribute("data-state", "running")
+        last_seq = page.evaluate("state.lastSeq")
+        page.evaluate("state.socket.close()")
+        expect_finished(spin)
+        expect(spin.get_by_role("progressbar")).to_have_attribute("value", "100")
+        assert sockets[-1].endswith(f"/api/sessions/{session_id}/ws?after={last_seq}")
 
         # Same port and data directory: the session survives, the stream resumes.
         assert server.stop() == 0
@@ -219,6 +231,7 @@ def test_page_reconnects_after_restarts(page: Page, tmp_path: Path) -> None:
         expect(page.locator("#connection")).to_have_attribute("data-state", "live")
         expect(page.locator("#status")).to_contain_text("Reconnected")
         assert page.evaluate(f"sessionStorage.getItem('{SESSION_KEY}')") == session_id
+        assert "?after=" in sockets[-1]
         expect_finished(first)
         second = start_job(page, "csv-profile", ["airports.csv"])
         expect_finished(second)
@@ -244,6 +257,40 @@ def test_page_reconnects_after_restarts(page: Page, tmp_path: Path) -> None:
         for running in (server, restarted):
             if running is not None and running.process.poll() is None:
                 running.stop()
+
+
+def test_page_drop_zone_and_hash(page: Page, server: Server) -> None:
+    open_page(page, server)
+    content = "dropped through the drop zone\n"
+    transfer = page.evaluate_handle(
+        """content => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([content], "dropped.txt", {type: "text/plain"}));
+            return transfer;
+        }""", content)
+    page.locator("#drop-zone").dispatch_event("drop", {"dataTransfer": transfer})
+    expect(page.locator("#uploads li", has_text="dropped.txt")).to_have_attribute("data-state", "stored")
+
+    job = start_job(page, "hash", ["dropped.txt"], {"md5": True})
+    expect_finished(job)
+    result = job.locator("pre.json")
+    expect(result).to_contain_text(hashlib.sha256(content.encode()).hexdigest())
+    expect(result).to_contain_text(hashlib.md5(content.encode()).hexdigest())
+
+
+def test_page_keyboard_order_and_focus(page: Page, server: Server) -> None:
+    open_page(page, server)
+    order = []
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    for earlier, later in [("file-input", "kind"), ("kind", "param-header"), ("param-header", "timeout"),
+                           ("timeout", "start")]:
+        assert order.index(earlier) < order.index(later), order
+
+    page.locator("#start").focus()
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"
 
 
 def test_page_image_thumbnails(page: Page, server: Server) -> None:
