@@ -30,6 +30,9 @@ _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
 _SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 
 
+# Pillow's own default for Image.MAX_IMAGE_PIXELS (Pillow 10 to 13): 1 GiB / 4 / 3, about 89.5 million.
+DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
 # Seconds a shutdown needs beyond the jobs' grace period to stop the workers, the open connections
 # and the Manager.
 SHUTDOWN_MARGIN_S = 3.0
@@ -150,6 +153,21 @@ class Settings:
         default=10.0,
         metadata=_option("seconds from a shutdown signal to a forced exit, whatever is still running"),
     )
+    max_decompressed_bytes: int = field(
+        default=10 * GiB,
+        metadata=_option("largest output in bytes a decompress job may write before it fails; a job may set "
+                         "a lower limit (suffixes KB, MB, GB, KiB, MiB, GiB)", kind="size"),
+    )
+    max_decompression_ratio: float = field(
+        default=1000.0,
+        metadata=_option("largest ratio of output to input bytes a decompress job may reach before it fails; "
+                         "a job may set a lower one"),
+    )
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metadata=_option("largest image, in pixels (width times height), an image job opens; larger ones "
+                         "fail as possible decompression bombs, and a job may set a lower limit"),
+    )
     log_level: str = field(
         default="INFO",
         metadata=_option("logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -175,12 +193,15 @@ class Settings:
             raise SettingsError(f"invalid {option_names('start_method')} {self.start_method!r}: this platform "
                                 f"has {', '.join(available)}")
         for name in ("max_upload_bytes", "max_queued_jobs_per_session", "max_queued_jobs",
-                     "ws_send_queue", "event_backlog"):
+                     "ws_send_queue", "event_backlog", "max_decompressed_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use at least 1")
         for name in ("crash_retries", "max_jobs_per_worker", "max_worker_rss_bytes"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use 0 or more")
+        if not math.isfinite(self.max_decompression_ratio) or self.max_decompression_ratio < 1:
+            raise SettingsError(f"invalid {option_names('max_decompression_ratio')} "
+                                f"{self.max_decompression_ratio!r}: use a finite number of at least 1")
         if self.job_timeout_s > self.max_job_timeout_s:
             raise SettingsError(f"invalid {option_names('job_timeout_s')} {self.job_timeout_s!r}: use at most "
                                 f"{option_names('max_job_timeout_s')} ({self.max_job_timeout_s!r})")

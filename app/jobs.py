@@ -22,7 +22,7 @@ from .events import Event, EventHub
 from .layout import DataLayout, list_outputs
 from .pool import Worker, WorkerPool, describe_exit
 from .sessions import Record, Session, SessionStore, new_id
-from .validation import JobRequest, check_inputs, describe_validation_error, job_timeout
+from .validation import JobRequest, apply_caps, check_inputs, describe_validation_error, job_timeout
 from .workers.registry import JobKind
 from .workers.runner import run_job
 
@@ -109,6 +109,7 @@ class JobService:
             params = kind.params.model_validate(request.params)
         except ValidationError as error:
             raise bad_request(describe_validation_error(error, kind.params, prefix="params.")) from None
+        params = apply_caps(kind, params, self._settings)
         timeout_s = job_timeout(kind, request.timeout_s, self._settings)
         self._check_queue(session)
 
@@ -300,6 +301,7 @@ class JobService:
             "kind": record["kind"],
             "params": record["params"],
             "inputs": [str(self._layout.file_path(record["session_id"], file_id)) for file_id in record["inputs"]],
+            "input_names": [self._input_name(file_id) for file_id in record["inputs"]],
             "output_dir": str(self._layout.job_dir(record["session_id"], running.job_id)),
         }
         ended = self._ended[running.job_id] = asyncio.Event()
@@ -307,6 +309,11 @@ class JobService:
             return await self._submit(running, spec, ended)
         finally:
             self._ended.pop(running.job_id, None)
+
+    def _input_name(self, file_id: str) -> str:
+        # An input of an unfinished job cannot be deleted, so its record is normally still there.
+        file = self._store.files.get(file_id)
+        return file["name"] if file is not None else file_id
 
     async def _submit(self, running: RunningJob, spec: dict[str, Any], ended: asyncio.Event) -> dict[str, Any]:
         try:

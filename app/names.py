@@ -1,7 +1,8 @@
-"""User file names: cleaned for display, and encoded for ``Content-Disposition``.
+"""User file names: cleaned for display, encoded for ``Content-Disposition``, and made safe for outputs.
 
 The user's name is only metadata. Stored files are named by generated ids, so no name sent by a
-client ever becomes a path on the server.
+client ever becomes a path on the server. Job outputs may carry a name derived from it, made safe
+as one file name on every platform by ``output_file_name``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ from urllib.parse import quote
 
 MAX_NAME_BYTES = 255
 DEFAULT_NAME = "upload"
+# Room is left for the ".part" suffix a job gives a file while it writes it.
+MAX_OUTPUT_NAME_BYTES = 240
+
+# Characters that Windows rejects in file names; "/" and "\\" are removed earlier, with the path.
+_WINDOWS_FORBIDDEN_RE = re.compile(r'[<>:"|?*]')
+_WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)),
+                               *(f"LPT{n}" for n in range(1, 10))})
 
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 # Bidirectional controls can make "exe.txt" display as "txt.exe".
@@ -32,6 +40,18 @@ def clean_name(name: str) -> str:
     if name in ("", ".", ".."):
         return DEFAULT_NAME
     return _truncate(name, MAX_NAME_BYTES)
+
+
+def output_file_name(name: str) -> str:
+    """Turn a user's file name into an output file name that is valid on Windows, macOS and Linux.
+
+    Characters Windows forbids become ``_``, trailing dots and spaces go, a reserved device name such
+    as ``CON.txt`` gets a leading ``_``, and the name is cut to 240 UTF-8 bytes, keeping its suffix.
+    """
+    name = _WINDOWS_FORBIDDEN_RE.sub("_", clean_name(name)).rstrip(". ")
+    if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
+        name = "_" + name
+    return _truncate(name or DEFAULT_NAME, MAX_OUTPUT_NAME_BYTES)
 
 
 def _truncate(name: str, limit: int) -> str:

@@ -18,6 +18,7 @@ from .names import clean_name, content_disposition
 from .runtime import Runtime
 from .sessions import Record, Session, new_id
 from .uploads import multipart_boundary, store_body, store_multipart, too_large
+from .validation import param_caps
 
 api = Blueprint("api", __name__)
 
@@ -271,7 +272,8 @@ def _stream_file(path: Path, name: str, content_type: str) -> Response:
 @api.get("/api/job-kinds")
 async def job_kinds() -> Response:
     runtime = ready_runtime()
-    return json_response({"kinds": [kind.describe() for kind in runtime.kinds.values()]})
+    return json_response({"kinds": [kind.describe(param_caps(kind, runtime.settings))
+                                     for kind in runtime.kinds.values()]})
 
 
 @api.post("/api/sessions/<session_id>/jobs")

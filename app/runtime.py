@@ -31,6 +31,7 @@ from .journal import Journal, JournalContents
 from .layout import DataLayout
 from .pool import WorkerPool
 from .sessions import SessionStore
+from .validation import check_capped_params
 from .workers.registry import JobKind, KindError, discover_kinds
 from .workers.runner import init_manager, sigint_blocked
 
@@ -175,6 +176,10 @@ class Runtime:
         except KindError as error:
             raise StartupError(f"{error}. A module given to {option_names('extra_kinds')} must be importable "
                                f"from the working directory {os.getcwd()!r} or from PYTHONPATH") from None
+        try:
+            check_capped_params(self.kinds.values())
+        except KindError as error:
+            raise StartupError(str(error)) from None
         context = multiprocessing.get_context(self.settings.start_method)
         manager = SyncManager(ctx=context)
         await asyncio.to_thread(_start_manager, manager)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -9,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .config import Settings, option_names
 from .errors import bad_request, not_found, quoted
 from .sessions import Session
-from .workers.registry import JobKind
+from .workers.registry import JobKind, KindError
 
 
 class JobRequest(BaseModel):
@@ -65,3 +67,38 @@ def job_timeout(kind: JobKind, requested: float | None, settings: Settings) -> f
         raise bad_request(f"timeout_s: {requested!r} is over the server maximum of {maximum} s "
                           f"({option_names('max_job_timeout_s')})")
     return min(requested or kind.timeout_s or settings.job_timeout_s, maximum)
+
+
+def check_capped_params(kinds: Iterable[JobKind]) -> None:
+    """Raise ``KindError`` for a capped parameter that is missing, has a default, or names no setting."""
+    settings = {spec.name for spec in dataclasses.fields(Settings)}
+    for kind in kinds:
+        for name, setting in kind.capped_params.items():
+            field = kind.params.model_fields.get(name)
+            if field is None:
+                raise KindError(f"job kind {kind.name!r}: capped parameter {name!r} is missing from "
+                                f"{kind.params.__name__}")
+            if field.default is not None:
+                raise KindError(f"job kind {kind.name!r}: capped parameter {name!r} must default to None, "
+                                "so the server can fill it")
+            if setting not in settings:
+                raise KindError(f"job kind {kind.name!r}: capped parameter {name!r} names the unknown server "
+                                f"setting {setting!r}")
+
+
+def param_caps(kind: JobKind, settings: Settings) -> dict[str, Any]:
+    """Return the server's values of the kind's capped parameters, by parameter name."""
+    return {name: getattr(settings, setting) for name, setting in kind.capped_params.items()}
+
+
+def apply_caps(kind: JobKind, params: BaseModel, settings: Settings) -> BaseModel:
+    """Fill omitted capped parameters with the server's values; reject a value above one with 400."""
+    filled: dict[str, Any] = {}
+    for name, cap in param_caps(kind, settings).items():
+        value = getattr(params, name)
+        if value is None:
+            filled[name] = cap
+        elif value > cap:
+            raise bad_request(f"params.{name}: {value!r} is over the server maximum of {cap!r} "
+                              f"({option_names(kind.capped_params[name])}); use at most that, or omit it")
+    return params.model_copy(update=filled)

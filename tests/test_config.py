@@ -55,11 +55,22 @@ def test_parse_size_rejects(text: str) -> None:
     ({"job_grace_s": "-1"}, "invalid --job-grace-s (OFFLOAD_JOB_GRACE_S) -1.0"),
     ({"log_level": "loud"}, "invalid --log-level (OFFLOAD_LOG_LEVEL) 'LOUD'"),
     ({"job_grace_s": "8", "shutdown_timeout_s": "10"}, "invalid --shutdown-timeout-s"),
+    ({"max_decompressed_bytes": "0"}, "invalid --max-decompressed-bytes (OFFLOAD_MAX_DECOMPRESSED_BYTES) 0"),
+    ({"max_decompression_ratio": "0.99"}, "invalid --max-decompression-ratio (OFFLOAD_MAX_DECOMPRESSION_RATIO) 0.99"),
+    ({"max_decompression_ratio": "inf"}, "invalid --max-decompression-ratio (OFFLOAD_MAX_DECOMPRESSION_RATIO) inf"),
+    ({"max_image_pixels": "0"}, "invalid --max-image-pixels (OFFLOAD_MAX_IMAGE_PIXELS) 0"),
 ])
 def test_invalid_values_are_named(values: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as error:
         settings_from(values, {})
     assert str(error.value).startswith(message)
+
+
+def test_kind_limits_at_edge() -> None:
+    settings = settings_from({"max_decompressed_bytes": "1", "max_decompression_ratio": "1",
+                              "max_image_pixels": "1"}, {})
+    assert (settings.max_decompressed_bytes, settings.max_decompression_ratio, settings.max_image_pixels) == (1, 1, 1)
+    assert settings_from({"max_decompressed_bytes": "2GiB"}, {}).max_decompressed_bytes == 2 * 1024**3
 
 
 def test_grace_and_timeout_at_edge() -> None:

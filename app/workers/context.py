@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from ..names import output_file_name
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +23,26 @@ PROGRESS_STEP = 0.1
 CANCEL_POLL_INTERVAL_S = 0.05
 
 
+# The server lists only finished outputs: it skips names with this suffix.
+PARTIAL_SUFFIX = ".part"
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """Write ``path`` under a ".part" name, and rename it when the block succeeds or delete it when it raises.
+
+    So a job that fails, is cancelled or is stopped at a limit leaves no partial output behind.
+    """
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    try:
+        with partial.open("wb") as file:
+            yield file
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
+
+
 class JobCancelled(Exception):
     """Raised by ``JobContext.check_cancelled`` once the job was asked to stop."""
 
@@ -27,6 +51,8 @@ class JobContext:
     """The interface of a running job: progress reports, the cancel flag, logs and its output directory.
 
     ``events`` is a Manager queue proxy and ``cancel_flags`` a Manager dict proxy; both pickle under spawn.
+    ``input_names`` are the names the user gave the input files, in the order of the input paths; the
+    paths themselves are named by file ids.
     """
 
     def __init__(
@@ -36,16 +62,22 @@ class JobContext:
         output_dir: Path,
         events: queue.Queue[dict[str, Any]] | None,
         cancel_flags: MutableMapping[str, bool] | None,
+        input_names: list[str] | None = None,
     ) -> None:
         self.job_id = job_id
         self.session_id = session_id
         self.output_dir = output_dir
+        self.input_names = list(input_names or [])
         self._events = events
         self._cancel_flags = cancel_flags
         self._last_sent_at = float("-inf")
         self._last_sent: tuple[int, int | None, str, str] | None = None
         self._cancel_checked_at = float("-inf")
         self._cancelled = False
+
+    def output_path(self, name: str) -> Path:
+        """Return the path of an output file called ``name``, made a valid file name on every platform."""
+        return self.output_dir / output_file_name(name)
 
     def progress(self, done: int, total: int | None = None, unit: str = "bytes", message: str = "") -> None:
         """Report progress; cheap to call on every chunk because reports are throttled."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +36,24 @@ class JobKind:
     # Seconds a job of this kind may run unless the request sets timeout_s; None means the
     # server's --job-timeout-s.
     timeout_s: float | None = None
+    # Parameters bounded by a server setting, as parameter name -> Settings field name. The server
+    # fills an omitted one with the setting's value and rejects a larger one, so a job may lower a
+    # limit but never raise it. Each such parameter must default to None; the server checks this.
+    capped_params: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
         return self.function.__module__
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, caps: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Describe the kind for clients; ``caps`` are the server's values of its capped parameters."""
         return {
             "name": self.name,
             "description": self.description,
             "inputs": {"min": self.min_inputs, "max": self.max_inputs},
             "timeout_s": self.timeout_s,
             "params": self.params.model_json_schema(),
+            "caps": dict(caps or {}),
         }
 
 

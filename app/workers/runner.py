@@ -109,12 +109,13 @@ def warm_up(extra_modules: list[str]) -> int:
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one job and return its outcome: ``{"status": ..., "result" | "error": ...}``.
 
-    ``spec`` contains ``job_id``, ``session_id``, ``module``, ``kind``, ``params``, ``inputs`` (paths) and
-    ``output_dir``. The last event sent is ``{"type": "end"}``, so the server can tell that every progress
+    ``spec`` contains ``job_id``, ``session_id``, ``module``, ``kind``, ``params``, ``inputs`` (paths),
+    ``input_names`` (the user's file names) and ``output_dir``. The last event sent is ``{"type": "end"}``, so the server can tell that every progress
     event of this job has arrived before it publishes the final state.
     """
     output_dir = Path(spec["output_dir"])
-    context = JobContext(spec["job_id"], spec["session_id"], output_dir, _events, _cancel_flags)
+    context = JobContext(spec["job_id"], spec["session_id"], output_dir, _events, _cancel_flags,
+                         spec.get("input_names"))
     try:
         return _execute(context, spec)
     finally:
