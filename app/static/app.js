@@ -356,7 +356,7 @@ function resolveSchema(schema, root) {
   return {...((root.$defs || {})[name] || {}), ...rest};
 }
 
-// Pydantic writes an optional field as anyOf [the type, {"type": "null"}]; such a field may stay empty.
+// Pydantic writes an optional field as anyOf [the type, {"type": "null"}], and such a field may stay empty.
 function unwrapOptional(schema, root) {
   const options = schema.anyOf || schema.oneOf;
   if (!options) return {schema: resolveSchema(schema, root), optional: false};
@@ -393,6 +393,7 @@ function buildField(name, property, root) {
     control = jsonControl(id, schema, describedBy);
   }
 
+  if (control.kind === "json") hint.textContent = `${hint.textContent} Write a JSON value.`.trim();
   const body = control.group
     ? [control.element, hint, error]
     : [el("label", {for: id, text: label}), control.element, hint, error];
