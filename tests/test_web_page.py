@@ -26,6 +26,8 @@ SCREENSHOT = ROOT / "artifacts" / "web-page.png"
 # Generous, because other test runs may share the machine's two cores.
 TIMEOUT_MS = 60_000
 SESSION_KEY = "offload.session_id"
+# Seconds for a whole browser test, which waits for several jobs and up to three server starts.
+BROWSER_TEST_TIMEOUT_S = 300
 
 
 @pytest.fixture(name="browser", scope="module")
@@ -153,6 +155,7 @@ def test_page_assets_types_and_policy(server: Server) -> None:
         assert response.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT_S)
 def test_page_profile_thumbnails_and_cancel(page: Page, server: Server) -> None:
     open_page(page, server)
     airports = DATA / "airports.csv"
@@ -220,6 +223,7 @@ def test_page_profile_thumbnails_and_cancel(page: Page, server: Server) -> None:
     print(f"screenshot: {SCREENSHOT}")
 
 
+@pytest.mark.timeout(BROWSER_TEST_TIMEOUT_S)
 def test_page_reconnects_after_restarts(page: Page, tmp_path: Path) -> None:
     server = start_server(tmp_path)
     restarted: Server | None = None

@@ -225,6 +225,11 @@ function setConnection(name, text) {
 }
 
 function connect() {
+  // The session may have been found gone while this connection was being prepared.
+  if (state.sessionId === null) {
+    scheduleRecovery(null);
+    return;
+  }
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const query = state.lastSeq === null ? "" : `?after=${state.lastSeq}`;
   const socket = new WebSocket(`${scheme}//${location.host}${sessionPath("/ws")}${query}`);
