@@ -12,6 +12,7 @@ from .cors import install_cors, set_allowed_origins
 from .errors import install_error_handlers
 from .flow import FlowControlledConnection, FlowControlledRequest
 from .openapi import install_openapi
+from .page import page
 from .routes import FileNameConverter, api
 from .runtime import Runtime, StartupError
 from .sse import sse
@@ -39,7 +40,8 @@ class OffloadApp(Quart):
 
 def create_app(settings: Settings | None = None) -> Quart:
     """Build the Quart app; without ``settings`` it reads ``OFFLOAD_*`` variables when serving starts."""
-    app = OffloadApp("offload")
+    # The page blueprint serves the static files; Quart's own static route would look in the working directory.
+    app = OffloadApp("offload", static_folder=None)
     # Uploads enforce their own limit while streaming; JSON bodies are capped in read_json.
     app.config["MAX_CONTENT_LENGTH"] = None
     install_error_handlers(app)
@@ -47,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.register_blueprint(api)
     app.register_blueprint(streams)
     app.register_blueprint(sse)
+    app.register_blueprint(page)
     install_openapi(app)
     install_cors(app)
 

@@ -68,8 +68,9 @@ class Server:
             raise AssertionError(f"server did not exit within {STOP_TIMEOUT_S} s\n{self.log()}") from None
 
 
-def start_server(tmp_path: Path, *args: str, wait: bool = True) -> Server:
-    port = free_port()
+def start_server(tmp_path: Path, *args: str, wait: bool = True, port: int | None = None) -> Server:
+    """Start a server; with the ``port`` and ``tmp_path`` of an earlier one, it reuses that one's data directory."""
+    port = port or free_port()
     data_dir = tmp_path / f"data-{port}"
     log_path = tmp_path / f"server-{port}.log"
     command = [sys.executable, "-m", "app.main", "--host", "127.0.0.1", "--port", str(port),
@@ -80,7 +81,8 @@ def start_server(tmp_path: Path, *args: str, wait: bool = True) -> Server:
         extra["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
     else:
         extra["start_new_session"] = True
-    with log_path.open("wb") as log:
+    # Appending keeps the log of an earlier server on the same port.
+    with log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, **extra)
     server = Server(process, port, data_dir, log_path)
