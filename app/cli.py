@@ -58,9 +58,9 @@ def _kinds(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 def _print_kind(kind: dict[str, Any]) -> None:
     """Print a kind as ``offload kinds`` lists it: name, inputs and time limit, then one line per parameter."""
-    low, high = kind["inputs"]["min"], kind["inputs"]["max"]
-    inputs = f"{low} input file" if low == high == 1 else (
-        f"{low} to {high} input files" if high is not None else f"{low} or more input files")
+    from .workers.registry import describe_input_count
+
+    inputs = describe_input_count(kind["inputs"]["min"], kind["inputs"]["max"])
     limit = f", time limit {kind['timeout_s']:g} s" if kind["timeout_s"] is not None else ""
     print(f"{kind['name']}: {kind['description']}")
     print(f"  takes {inputs}{limit}")

@@ -10,9 +10,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .models import EXIT_CONNECTION, ClientError, JobRun, Record, RunView
 
-# Reconnects to the event stream in a row that may fail before the client gives up; the delay
-# doubles from the first value up to the second.
-RECONNECT_ATTEMPTS = 6
+# Seconds the client keeps reconnecting to a dropped event stream, long enough for a server restart;
+# the delay between attempts doubles from the first value up to the second.
+RECONNECT_WINDOW_S = 60.0
 RECONNECT_DELAYS_S = (0.5, 5.0)
 
 
@@ -86,8 +86,10 @@ def websocket_url(base_url: str) -> str:
 
 async def follow_events(url: str, tracker: JobTracker, trust_env: bool) -> None:
     """Feed the session's events to ``tracker``, reconnecting with ``?after=SEQ`` when the stream drops."""
+    loop = asyncio.get_running_loop()
     after: int | None = None
     failures = 0
+    dropped_at = 0.0
     while True:
         target = url if after is None else f"{url}&after={after}"
         try:
@@ -97,21 +99,23 @@ async def follow_events(url: str, tracker: JobTracker, trust_env: bool) -> None:
                     after = event["seq"]
                     failures = 0
                     tracker.handle(event)
-            problem = f"closed with code {stream.close_code} {stream.close_reason!r}".rstrip(" '")
             if stream.close_reason == "session ended":
                 raise ClientError("the server ended the session before its jobs finished", EXIT_CONNECTION)
+            problem = f"closed with code {stream.close_code}"
         except InvalidStatus as error:
             if error.response.status_code in (401, 404):
                 raise ClientError("the session is gone from the server: it expired or the server lost it",
                                   EXIT_CONNECTION) from None
-            problem = f"refused with HTTP {error.response.status_code}"
+            problem = f"was refused with HTTP {error.response.status_code}"
         except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as error:
             problem = f"failed: {str(error) or type(error).__name__}"
 
+        if failures == 0:
+            dropped_at = loop.time()
         failures += 1
-        if failures > RECONNECT_ATTEMPTS:
-            raise ClientError(f"the event stream {problem}, and {RECONNECT_ATTEMPTS} reconnects failed; the jobs "
-                              "may still run on the server", EXIT_CONNECTION)
+        if loop.time() - dropped_at > RECONNECT_WINDOW_S:
+            raise ClientError(f"the event stream {problem}, and reconnecting failed for {RECONNECT_WINDOW_S:.0f} s; "
+                              "the jobs may still run on the server", EXIT_CONNECTION)
         delay = min(RECONNECT_DELAYS_S[0] * 2 ** (failures - 1), RECONNECT_DELAYS_S[1])
         tracker.view.status(f"the event stream {problem}; reconnecting in {delay:g} s")
         await asyncio.sleep(delay)

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ..workers.registry import describe_input_count
 from .events import JobTracker, follow_events, websocket_url
 from .models import (EXIT_USAGE, ClientError, JobRun, Record, RunRequest, RunView, Session,
                      check_response, error_message)
@@ -101,10 +102,9 @@ def _check_input_count(kind: Record, runs: list[JobRun], single_job: bool) -> No
         count = len(run.files)
         if low <= count and (high is None or count <= high):
             continue
-        takes = f"{low} to {high}" if high is not None else f"at least {low}"
-        hint = "; pass --single-job to give it all the files" if not single_job and count < low else ""
-        raise ClientError(f"kind {kind['name']!r} takes {takes} input files per job, and this job would get "
-                          f"{count}{hint}", EXIT_USAGE)
+        hint = "; pass --single-job to give one job all the files" if not single_job and count < low else ""
+        raise ClientError(f"kind {kind['name']!r} takes {describe_input_count(low, high)} per job, and this job "
+                          f"would get {count}{hint}", EXIT_USAGE)
 
 
 async def _create_session(http: httpx.AsyncClient) -> Session:
