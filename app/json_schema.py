@@ -1,4 +1,4 @@
-"""Reading the JSON Schema that pydantic writes for a job kind's parameters, for the command line."""
+"""Summaries of the JSON Schema that pydantic writes for a job kind's parameters, for the command line."""
 
 from __future__ import annotations
 

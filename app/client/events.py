@@ -10,8 +10,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .models import EXIT_CONNECTION, ClientError, JobRun, Record, RunView
 
-# Seconds the client keeps reconnecting to a dropped event stream, long enough for a server restart;
-# the delay between attempts doubles from the first value up to the second.
+# Seconds the client keeps reconnecting to a dropped event stream, long enough for a server restart.
+# The delay between attempts doubles from the first value up to the second.
 RECONNECT_WINDOW_S = 60.0
 RECONNECT_DELAYS_S = (0.5, 5.0)
 

@@ -18,10 +18,12 @@ from typing import Any
 import httpx
 import psutil
 
+from ..config import Settings, SettingsError, settings_from
+
 # Starting the Manager and every worker under spawn can take a while on a loaded machine.
 READY_TIMEOUT_S = 120.0
-# The server's own default shutdown timeout is 10 s; past this, the client kills it.
-STOP_TIMEOUT_S = 20.0
+# Seconds the client waits beyond the server's --shutdown-timeout-s before it kills the server.
+STOP_MARGIN_S = 10.0
 POLL_INTERVAL_S = 0.1
 # Characters of the server log shown when it fails to start.
 LOG_TAIL_CHARS = 4000
@@ -64,7 +66,7 @@ class LocalServer:
         self.stop()
 
     def start(self) -> None:
-        """Start the server and wait until ``/readyz`` answers 200."""
+        """Start the server and wait until ``/readyz`` returns 200."""
         self._temp_dir = Path(tempfile.mkdtemp(prefix="offload-run-"))
         self.port = _free_port()
         command = [sys.executable, "-m", "app.main", "--host", "127.0.0.1", "--port", str(self.port),
@@ -116,7 +118,7 @@ class LocalServer:
         try:
             if process.poll() is None:
                 _request_shutdown(process)
-                process.wait(STOP_TIMEOUT_S)
+                process.wait(_stop_timeout())
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             children = _children(process.pid) or children
             process.kill()
@@ -125,6 +127,16 @@ class LocalServer:
             # The server stops its workers and Manager itself; this only catches what a forced exit left.
             for child in children:
                 _kill(child)
+
+
+def _stop_timeout() -> float:
+    """Return how long the server may take to stop: its shutdown timeout, which OFFLOAD_* variables
+    may change, plus a margin."""
+    try:
+        return settings_from({}).shutdown_timeout_s + STOP_MARGIN_S
+    except SettingsError:
+        # The server would not have started with these variables.
+        return Settings().shutdown_timeout_s + STOP_MARGIN_S
 
 
 def _free_port() -> int:

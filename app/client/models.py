@@ -1,4 +1,4 @@
-"""What the ``offload run`` client works with: its runs, its errors and exit statuses, and its view."""
+"""Data of the ``offload run`` client: runs, sessions, errors with their exit statuses, and the view protocol."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class JobRun:
 
 @dataclass(frozen=True)
 class RunRequest:
-    """What ``offload run`` was asked to do."""
+    """The files, kind, parameters and options of one ``offload run`` command."""
 
     files: list[Path]
     kind: str
@@ -62,7 +62,7 @@ class RunRequest:
 
 
 class RunView(Protocol):
-    """Where the client reports its progress: rich progress bars, or nothing for ``--json``."""
+    """The client's progress display: rich progress bars, or nothing for ``--json``."""
 
     def status(self, message: str) -> None: ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
@@ -41,7 +42,7 @@ async def execute(server_url: str, request: RunRequest, runs: list[JobRun], view
     base_url = server_url.rstrip("/")
     async with httpx.AsyncClient(base_url=base_url, timeout=HTTP_TIMEOUT, trust_env=trust_env) as http:
         kind = await _fetch_kind(http, request.kind)
-        _check_input_count(kind, runs, request.single_job)
+        _check_input_count(kind, runs)
         try:
             params = parse_params(request.param_options, kind.get("params", {}))
         except ParamError as error:
@@ -60,7 +61,7 @@ async def execute(server_url: str, request: RunRequest, runs: list[JobRun], view
 
 
 async def _run_jobs(http: httpx.AsyncClient, session: Session, request: RunRequest, params: Record,
-                    tracker: JobTracker, follow: Any) -> None:
+                    tracker: JobTracker, follow: Coroutine[Any, Any, None]) -> None:
     """Upload each run's files and start its job while the event stream updates the records."""
     follower = asyncio.create_task(follow, name="offload-events")
     try:
@@ -96,13 +97,14 @@ async def _fetch_kind(http: httpx.AsyncClient, name: str) -> Record:
                       EXIT_USAGE)
 
 
-def _check_input_count(kind: Record, runs: list[JobRun], single_job: bool) -> None:
+def _check_input_count(kind: Record, runs: list[JobRun]) -> None:
     low, high = kind["inputs"]["min"], kind["inputs"]["max"]
     for run in runs:
         count = len(run.files)
         if low <= count and (high is None or count <= high):
             continue
-        hint = "; pass --single-job to give one job all the files" if not single_job and count < low else ""
+        together = sum(len(other.files) for other in runs)
+        hint = "; pass --single-job to give one job all the files" if count < low <= together else ""
         raise ClientError(f"kind {kind['name']!r} takes {describe_input_count(low, high)} per job, and this job "
                           f"would get {count}{hint}", EXIT_USAGE)
 
@@ -118,7 +120,8 @@ async def _delete_session(http: httpx.AsyncClient, session: Session, view: RunVi
     try:
         response = await http.delete(session.prefix, timeout=DELETE_TIMEOUT_S)
     except httpx.HTTPError as error:
-        view.status(f"could not delete session {session.session_id}: {error}; it expires when unused")
+        view.status(f"could not delete session {session.session_id}: {str(error) or type(error).__name__}; "
+                    "it expires when unused")
         return
     if response.status_code not in (204, 404):
         view.status(f"could not delete session {session.session_id}: {error_message(response)}; "
@@ -126,7 +129,7 @@ async def _delete_session(http: httpx.AsyncClient, session: Session, view: RunVi
 
 
 async def _start_job(http: httpx.AsyncClient, session: Session, body: Record, view: RunView) -> Record:
-    """Start a job, waiting as the server asks while its queue is full (429)."""
+    """Start a job; while the server's queue is full (429), retry after its ``Retry-After`` delay."""
     while True:
         response = await http.post(f"{session.prefix}/jobs", json=body)
         if response.status_code != 429:

@@ -1,4 +1,4 @@
-"""What ``offload run`` shows: rich progress bars on stderr and results on stdout, or one JSON document."""
+"""Output of ``offload run``: rich progress bars on stderr and results on stdout, or one JSON document."""
 
 from __future__ import annotations
 
