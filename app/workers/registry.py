@@ -57,6 +57,14 @@ class JobKind:
         }
 
 
+def describe_input_count(low: int, high: int | None) -> str:
+    """Say how many input files a kind takes: ``1 input file``, ``2 to 5 input files``."""
+    if high is None:
+        return f"{low} or more input files"
+    plural = "" if high == 1 else "s"
+    return f"{low} input file{plural}" if low == high else f"{low} to {high} input files"
+
+
 def load_kinds(module_name: str) -> list[JobKind]:
     """Import ``module_name`` and return the kinds it defines as ``KIND`` or ``KINDS``."""
     try:
