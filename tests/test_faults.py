@@ -150,8 +150,16 @@ def test_memory_limit_kills_hog(server_factory: object) -> None:
 
 
 def spawned_children(server: Server) -> dict[int, psutil.Process]:
-    return {process.pid: process for process in server.child_processes()
-            if "spawn_main" in " ".join(process.cmdline())}
+    children = {}
+    for process in server.child_processes():
+        try:
+            command = " ".join(process.cmdline())
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            # A worker killed a moment ago may not be reaped yet; it is no longer one of the pool's.
+            continue
+        if "spawn_main" in command:
+            children[process.pid] = process
+    return children
 
 
 def manager_process(server: Server) -> psutil.Process:
