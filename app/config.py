@@ -210,6 +210,11 @@ class Settings:
         default=(),
         metadata=_option("comma-separated importable modules that define more job kinds", kind="list"),
     )
+    loop_lag_interval_s: float = field(
+        default=0.0,
+        metadata=_option("seconds between samples of the event loop's lag, reported as "
+                         "offload_event_loop_lag_seconds in /metrics; 0 turns the sampler off"),
+    )
 
     def __post_init__(self) -> None:
         self._check()
@@ -247,9 +252,10 @@ class Settings:
                      "cancel_grace_s", "upload_idle_s", "sse_keep_alive_s"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: use a finite positive number")
-        if not math.isfinite(self.upload_write_delay_s) or self.upload_write_delay_s < 0:
-            raise SettingsError(f"invalid {option_names('upload_write_delay_s')} {self.upload_write_delay_s!r}: "
-                                "use 0 or a finite positive number")
+        for name in ("upload_write_delay_s", "loop_lag_interval_s"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise SettingsError(f"invalid {option_names(name)} {getattr(self, name)!r}: "
+                                    "use 0 or a finite positive number")
         for origin in self.cors_origins:
             if origin != "*" and not _is_origin(origin):
                 raise SettingsError(f"invalid {option_names('cors_origins')} entry {origin!r}: use "

@@ -8,6 +8,7 @@ Counters count from the server's start; gauges are read from the runtime at each
 from __future__ import annotations
 
 from collections import Counter as Tally
+import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,9 @@ ACTIVE_STATES = ("queued", "running")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; jobs range from milliseconds (a small hash) to the default one-hour time limit.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, float("inf"))
+# Seconds; fine below 10 ms, where a responsive loop's lag lies, so a p99 can be read from the buckets.
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+               float("inf"))
 
 
 class Metrics:
@@ -39,6 +43,21 @@ class Metrics:
                                     registry=self.registry)
         self.uploaded_files = Counter("offload_uploaded_files", "Uploaded files stored",
                                       registry=self.registry)
+
+    async def sample_loop_lag(self, interval_s: float) -> None:
+        """Sleep ``interval_s`` seconds at a time and record how late each wake-up is, until cancelled.
+
+        The histogram exists only while a sampler runs (setting ``loop_lag_interval_s``), so a
+        server without it exports no lag series.
+        """
+        lag = Histogram("offload_event_loop_lag_seconds",
+                        "How late the event loop ran a timer, sampled every loop_lag_interval_s seconds",
+                        buckets=LAG_BUCKETS, registry=self.registry)
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + interval_s
+            await asyncio.sleep(interval_s)
+            lag.observe(max(loop.time() - expected, 0.0))
 
     def watch(self, runtime: Runtime) -> None:
         """Report the runtime's queue, workers, sessions and stream subscribers at each scrape."""

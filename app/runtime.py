@@ -83,6 +83,7 @@ class Runtime:
         self._events: Any = None
         self._sweeper: asyncio.Task[None] | None = None
         self._manager_watch: asyncio.Task[None] | None = None
+        self._lag_sampler: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._pending_removals: set[Path] = set()
         self._finishing: asyncio.Future[None] | None = None
@@ -100,6 +101,9 @@ class Runtime:
             raise
         self._sweeper = asyncio.create_task(self._sweep_sessions(), name="offload-session-sweeper")
         self._manager_watch = asyncio.create_task(self._watch_manager(), name="offload-manager-watch")
+        if self.settings.loop_lag_interval_s > 0:
+            self._lag_sampler = asyncio.create_task(self.metrics.sample_loop_lag(self.settings.loop_lag_interval_s),
+                                                    name="offload-loop-lag-sampler")
         self.ready = True
         logger.info("ready in %.2f s: %d workers (%s), data directory %s, job kinds %s",
                     time.monotonic() - started, self.settings.workers, self.settings.start_method,
@@ -270,6 +274,8 @@ class Runtime:
             self._sweeper.cancel()
         if self._manager_watch is not None:
             self._manager_watch.cancel()
+        if self._lag_sampler is not None:
+            self._lag_sampler.cancel()
         if self.jobs is not None:
             await self.jobs.stop(self.settings.job_grace_s)
         if self.pool is not None:

@@ -111,3 +111,18 @@ def test_job_of_deleted_session_is_counted_once(server_factory: Any) -> None:
     assert samples.get(key) == 1
     assert samples["offload_jobs", (("kind", "spin"), ("state", "running"))] == 0
     assert sum(value for (name, _), value in samples.items() if name == "offload_jobs_finished_total") == 1
+
+
+def test_loop_lag_sampler_is_opt_in(server_factory: Any) -> None:
+    plain = scrape(server_factory().url)
+    assert not any(name.startswith("offload_event_loop_lag") for name, _ in plain)
+
+    server = server_factory("--loop-lag-interval-s", "0.01")
+    deadline = time.monotonic() + 10
+    count = 0.0
+    while count < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        count = scrape(server.url).get(("offload_event_loop_lag_seconds_count", ()), 0.0)
+    assert count >= 5
+    samples = scrape(server.url)
+    assert samples["offload_event_loop_lag_seconds_bucket", (("le", "+Inf"),)] >= 5
