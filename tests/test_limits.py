@@ -9,8 +9,9 @@ import time
 from collections.abc import Iterator
 
 import httpx
-import psutil
 import pytest
+
+from bench.servers import PeakMemory
 
 from .conftest import Api, Server, stored_files
 
@@ -37,33 +38,6 @@ def read_status(sock: socket.socket, timeout: float) -> tuple[int, bytes]:
         if length and len(body) >= int(length.group(1)):
             break
     return int(received.split(b" ", 2)[1]), received
-
-
-class PeakMemory:
-    """Samples a process's resident memory every 20 ms in a thread and keeps the highest value."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.baseline
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 def repeated(total: int, block: bytes) -> Iterator[bytes]:
