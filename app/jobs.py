@@ -365,9 +365,13 @@ class JobService:
         if outcome["status"] == QUEUED:
             self._requeue(record, outcome)
             return
-        outputs = await asyncio.to_thread(list_outputs, self._layout.job_dir(record["session_id"], running.job_id))
-        # The session may have been deleted while the outputs were listed.
-        record = self._store.jobs.get(running.job_id)
+        outputs = outcome.get("outputs")
+        if outputs is None:
+            # The worker died or was killed, so it did not list the outputs.
+            outputs = await asyncio.to_thread(list_outputs, self._layout.job_dir(record["session_id"],
+                                                                                running.job_id))
+            # The session may have been deleted while the outputs were listed.
+            record = self._store.jobs.get(running.job_id)
         if record is not None:
             await self._finish(record, outcome, outputs)
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from ..layout import list_outputs
 from ..logs import configure_logging
 from .context import JobCancelled, JobContext
 from .registry import builtin_modules, find_kind, load_kinds
@@ -112,14 +113,18 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one job and return its outcome: ``{"status": ..., "result" | "error": ...}``.
 
     ``spec`` contains ``job_id``, ``session_id``, ``module``, ``kind``, ``params``, ``inputs`` (paths),
-    ``input_names`` (the user's file names) and ``output_dir``. The last event sent is ``{"type": "end"}``, so the server can tell that every progress
-    event of this job has arrived before it publishes the final state.
+    ``input_names`` (the user's file names) and ``output_dir``. The outcome also lists the job's
+    finished ``outputs``. The last event sent is ``{"type": "end"}``, so the server can tell that
+    every progress event of this job has arrived before it publishes the final state.
     """
     output_dir = Path(spec["output_dir"])
     context = JobContext(spec["job_id"], spec["session_id"], output_dir, _events, _cancel_flags,
                          spec.get("input_names"))
     try:
-        return _execute(context, spec)
+        outcome = _execute(context, spec)
+        # Listed here rather than in the server, which would need a thread for the blocking calls.
+        outcome["outputs"] = list_outputs(output_dir)
+        return outcome
     finally:
         context.send_event({"type": "end"})
 
