@@ -339,7 +339,7 @@ class JobService:
         except BrokenProcessPool:
             return {"status": "crashed", "exit_code": await self._pool.exit_code(running.worker)}
 
-        if not self.events_lost:
+        if not self.events_lost and outcome.get("sent_events", True):
             # The result often overtakes the job's last events, which travel through the Manager queue.
             try:
                 await asyncio.wait_for(ended.wait(), END_MARKER_TIMEOUT_S)

@@ -76,6 +76,8 @@ class JobContext:
         self._last_sent: tuple[int, int | None, str, str] | None = None
         self._cancel_checked_at = float("-inf")
         self._cancelled = False
+        # Events this job put on the queue; the runner sends the end marker only after some.
+        self.events_sent = 0
 
     def output_path(self, name: str) -> Path:
         """Return the path of an output file called ``name``, made a valid file name on every platform."""
@@ -139,6 +141,7 @@ class JobContext:
         event["sent_at"] = time.time()
         try:
             self._events.put(event)
+            self.events_sent += 1
         except (OSError, EOFError):
             # Progress is best effort: without the Manager the job still runs to its result.
             self._events = None

@@ -114,8 +114,10 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     ``spec`` contains ``job_id``, ``session_id``, ``module``, ``kind``, ``params``, ``inputs`` (paths),
     ``input_names`` (the user's file names) and ``output_dir``. The outcome also lists the job's
-    finished ``outputs``. The last event sent is ``{"type": "end"}``, so the server can tell that
-    every progress event of this job has arrived before it publishes the final state.
+    finished ``outputs`` and says whether it ``sent_events``. A job that sent events sends
+    ``{"type": "end"}`` last, so the server can tell that every progress event of this job has
+    arrived before it publishes the final state. A job that sent none skips the marker, which
+    would cost a round trip to the Manager for nothing.
     """
     output_dir = Path(spec["output_dir"])
     context = JobContext(spec["job_id"], spec["session_id"], output_dir, _events, _cancel_flags,
@@ -124,9 +126,11 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         outcome = _execute(context, spec)
         # Listed here rather than in the server, which would need a thread for the blocking calls.
         outcome["outputs"] = list_outputs(output_dir)
+        outcome["sent_events"] = context.events_sent > 0
         return outcome
     finally:
-        context.send_event({"type": "end"})
+        if context.events_sent:
+            context.send_event({"type": "end"})
 
 def _execute(context: JobContext, spec: dict[str, Any]) -> dict[str, Any]:
     try:
