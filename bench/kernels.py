@@ -3,10 +3,10 @@
 * ``hash`` (sha256) against ``hashlib.file_digest`` over the same file, in MiB/s.
 * ``csv-profile`` against one ``csv.reader`` pass that only counts rows, in rows/s. The file is
   tests/data/zipcodes.csv with its rows repeated up to the planned size.
-* ``image-thumbnails`` (JPEG, two sizes) against Pillow called directly: open, EXIF orientation,
-  conversion to sRGB for an image with an ICC profile (two of the three have one), Lanczos resize
-  with the same reducing gap, JPEG save with the same quality, in images/s over the PNG and JPEG
-  files in tests/data.
+* ``image-thumbnails`` (JPEG, two sizes) against Pillow called directly, in images/s over the PNG
+  and JPEG files in tests/data. Both open the image, apply its EXIF orientation, convert it to
+  sRGB when it has an ICC profile (two of the three have one), resize it with Lanczos and the same
+  reducing gap, and save JPEG with the same quality.
 
 Offload's time is from the job's POST to its final state event on the websocket, so it includes
 the API, the journal and the event path; the input is uploaded before the clock starts.

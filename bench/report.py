@@ -139,7 +139,12 @@ def print_table(figures: list[Figure], skipped: list[Skipped], judged: bool, set
         table.add_column(column, justify=justify)
     for figure in figures:
         met = figure.met(judged)
-        met_text = "-" if met is None else ("yes" if met else "[red]no[/red]")
+        if met is None:
+            met_text = "-"
+        elif met:
+            met_text = "yes"
+        else:
+            met_text = "[red]no[/red]"
         table.add_row(f"{figure.name}, {figure.unit}", format_number(figure.offload),
                       f"{format_number(figure.baseline)} ({figure.baseline_name})", f"{figure.ratio:.3g}",
                       figure.target.describe() if figure.target else "", met_text)

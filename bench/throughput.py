@@ -3,7 +3,7 @@
 Trivial jobs: concurrent clients submit ``noop`` jobs through the HTTP API of a real Offload server
 and wait for each job's final ``state`` event on the session's websocket. The baseline runs the
 same ``noop`` function with the same concurrency through ``loop.run_in_executor`` on a bare spawn
-``ProcessPoolExecutor`` with as many workers, so the difference is Offload's cost per job: HTTP,
+``ProcessPoolExecutor`` with as many workers. So the difference is Offload's cost per job: HTTP,
 validation, job records, the Manager, the journal and the websocket. With ``--with-celery`` the
 same Offload figure is also compared with Celery (bench/celery_baseline.py).
 

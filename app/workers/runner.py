@@ -114,7 +114,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     ``spec`` contains ``job_id``, ``session_id``, ``module``, ``kind``, ``params``, ``inputs`` (paths),
     ``input_names`` (the user's file names) and ``output_dir``. The outcome also lists the job's
-    finished ``outputs`` and says whether it ``sent_events``. A job that sent events sends
+    finished ``outputs`` and records whether it ``sent_events``. A job that sent events sends
     ``{"type": "end"}`` last, so the server can tell that every progress event of this job has
     arrived before it publishes the final state. A job that sent none skips the marker, which
     would cost a round trip to the Manager for nothing.
