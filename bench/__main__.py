@@ -95,19 +95,21 @@ def start_shared_servers(plan: Plan, directory: Path, started: list[ServerProces
     return Servers(offload, bare, directory)
 
 
-def stop_servers(servers: list[ServerProcess]) -> list[str]:
-    """Stop every server; return notes on unclean exits and on warnings or errors in their logs."""
+def stop_servers(servers: list[ServerProcess]) -> tuple[bool, list[str]]:
+    """Stop every server. Return whether all exited with code 0, and notes on exits and log problems."""
+    clean = True
     notes: list[str] = []
     for server in servers:
         code = stop_server(server)
         if code != 0:
+            clean = False
             outcome = "was killed after 15 s" if code is None else f"exited with code {code}"
             notes.append(f"{server.name} server {outcome}; its log ends:\n{server.log_tail()}")
         problems = server.problem_lines()
         if problems:
             notes.append(f"{server.name} server logged {len(problems)} warnings or errors, the first ones:\n"
                          + "\n".join(problems[:10]))
-    return notes
+    return clean, notes
 
 
 async def run_all(plan: Plan, names: list[str], servers: Servers) -> tuple[list[Figure], list[Skipped], bool]:
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServerError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
     finally:
-        notes = stop_servers(servers)
+        clean, notes = stop_servers(servers)
         shutil.rmtree(directory, ignore_errors=True)
     elapsed = time.perf_counter() - started
 
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(note, file=sys.stderr)
     if arguments.json_path is not None:
         write_json(arguments.json_path, figures, skipped, plan.judged, settings, info, elapsed)
-    return 1 if failed or notes else 0
+    return 1 if failed or not clean else 0
 
 
 if __name__ == "__main__":
