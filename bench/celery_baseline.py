@@ -74,11 +74,21 @@ def measure(plan: Plan, directory: Path) -> float | str:
                                  "--without-heartbeat", "--without-gossip", "--without-mingle"],
                                 directory / "celery.log", environment))
         return _run_clients(plan, broker)
-    except (OSError, RuntimeError, TimeoutError) as error:
-        return f"Celery baseline failed: {type(error).__name__}: {error}"
+    except Exception as error:
+        # Celery raises its own exception types, and an optional baseline must not take the
+        # Offload figures of the same benchmark down with it.
+        return f"Celery baseline failed: {type(error).__name__}: {error}; {_log_tail(directory / 'celery.log')}"
     finally:
         for process in reversed(processes):
             _stop(process)
+
+
+def _log_tail(path: Path, lines: int = 10) -> str:
+    try:
+        tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"{path.name} could not be read"
+    return f"{path.name} ends:\n" + "\n".join(tail)
 
 
 def _start(command: list[str], log_path: Path, environment: dict[str, str]) -> subprocess.Popen[bytes]:

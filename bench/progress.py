@@ -133,8 +133,8 @@ async def measure_fan_out(plan: Plan, base_url: str) -> tuple[int, float]:
                 task.cancel()
     current = sum(1 for follower in followers
                   if follower.final_state == "succeeded" and follower.last_done == REPORTS)
-    last = max((follower.final_at - follower.finished_at) * 1000 for follower in followers
-               if follower.final_at is not None and follower.finished_at is not None)
+    last = max(((follower.final_at - follower.finished_at) * 1000 for follower in followers
+                if follower.final_at is not None and follower.finished_at is not None), default=float("nan"))
     return current, last
 
 
