@@ -330,6 +330,9 @@ def _stream_file(path: Path, name: str, content_type: str) -> Response:
     response = Response(FileBody(path, buffer_size=DOWNLOAD_CHUNK_BYTES), mimetype=content_type)
     response.content_length = path.stat().st_size
     response.headers["Content-Disposition"] = content_disposition(name)
+    # The content type is the uploader's; a browser must not sniff or run what it names.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
 
 
