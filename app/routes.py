@@ -226,7 +226,7 @@ async def put_file(session_id: str, name: str) -> tuple[Response, int]:
         if not content_type or content_type == "application/x-www-form-urlencoded":
             content_type = _guess_type(name)
         record = _file_record(file_id, name, size, sha256, content_type)
-        return await _register_upload(runtime, session, record), 201
+        return json_response(await _register_upload(runtime, session, record)), 201
     except FileNotFoundError:
         # The session was deleted, and its directory with it, while the body arrived.
         raise not_found("session", session_id) from None
