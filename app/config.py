@@ -301,7 +301,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         env = ENV_PREFIX + spec.name.upper()
         default = _default(spec)
         shown = ",".join(default) if isinstance(default, tuple) else default
-        help_text = f"{spec.metadata['help']} [default: {shown or 'none'}; env {env}]"
+        help_text = f"{spec.metadata['help']} [default: {'none' if shown in ('', None) else shown}; env {env}]"
         choices = spec.metadata["choices"]
         if choices:
             # Choices are matched without regard to case, so --log-level debug works like the variable.

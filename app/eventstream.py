@@ -31,13 +31,16 @@ class StreamEnd:
 
 JOB_FINISHED = StreamEnd(CLOSE_NORMAL, "job finished")
 TOO_SLOW = StreamEnd(CLOSE_TRY_AGAIN_LATER, "client too slow; reconnect with ?after=SEQ")
+# Digits of a sequence number a client may send; 18 digits always fit a 64-bit integer.
+MAX_SEQ_DIGITS = 18
 
 
 def parse_after(text: str | None, name: str) -> int | None:
     """Parse a sequence number from the query or a header; ``name`` is how the client sent it."""
     if text is None:
         return None
-    if not (text.isascii() and text.isdigit()):
+    # The length bound also keeps int() from failing: it rejects texts of over 4300 digits.
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_SEQ_DIGITS:
         raise bad_request(f"{name}: invalid sequence number {quoted(text)}; use a whole number from an event's seq")
     return int(text)
 

@@ -11,6 +11,7 @@ from .config import Settings, settings_from
 from .cors import install_cors, set_allowed_origins
 from .errors import install_error_handlers
 from .flow import FlowControlledConnection, FlowControlledRequest
+from .logs import configure_logging
 from .openapi import install_openapi
 from .page import page
 from .routes import FileNameConverter, api
@@ -56,6 +57,9 @@ def create_app(settings: Settings | None = None) -> Quart:
     @app.before_serving
     async def start_runtime() -> None:
         runtime = Runtime(settings or settings_from())
+        if not logging.getLogger().handlers:
+            # Launched by the hypercorn command, which sets up only its own loggers.
+            configure_logging(runtime.settings.log_level, runtime.settings.log_format)
         app.extensions["offload"] = runtime
         set_allowed_origins(app, runtime.settings.cors_origins)
         await runtime.start()

@@ -51,10 +51,13 @@ def disk_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     Windows rejects, or end in a dot or space, which Windows silently drops. The result is cut to
     ``max_bytes`` UTF-8 bytes, keeping its suffix.
     """
-    name = _WINDOWS_FORBIDDEN_RE.sub("_", clean_name(name)).rstrip(". ") or DEFAULT_NAME
+    # Cut first, so that the cut cannot leave a trailing space or uncover a device name. One byte is
+    # kept free for the "_" prefix.
+    name = _truncate(_WINDOWS_FORBIDDEN_RE.sub("_", clean_name(name)), max_bytes - 1)
+    name = name.rstrip(". ") or DEFAULT_NAME
     if name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICE_NAMES:
         name = "_" + name
-    return _truncate(name, max_bytes)
+    return name
 
 
 def _truncate(name: str, limit: int) -> str:

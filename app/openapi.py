@@ -84,7 +84,9 @@ EVENT_STREAM_PARAMETERS = [
 ]
 
 
-def event_stream_reply() -> dict[str, Any]:
+def event_stream_reply(job: bool = True) -> dict[str, Any]:
+    if not job:
+        return text_reply("text/event-stream", "events as id, event and data lines, until the session ends")
     return {**text_reply("text/event-stream", "events as id, event and data lines, until the job ends"),
             "204": {"description": "the job had already ended for this Last-Event-ID; stop reconnecting"}}
 

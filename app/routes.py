@@ -226,7 +226,7 @@ async def put_file(session_id: str, name: str) -> tuple[Response, int]:
         if not content_type or content_type == "application/x-www-form-urlencoded":
             content_type = _guess_type(name)
         record = _file_record(file_id, name, size, sha256, content_type)
-        return await _register_upload(runtime, session, record), 201
+        return json_response(await _register_upload(runtime, session, record)), 201
     except FileNotFoundError:
         # The session was deleted, and its directory with it, while the body arrived.
         raise not_found("session", session_id) from None
@@ -330,6 +330,9 @@ def _stream_file(path: Path, name: str, content_type: str) -> Response:
     response = Response(FileBody(path, buffer_size=DOWNLOAD_CHUNK_BYTES), mimetype=content_type)
     response.content_length = path.stat().st_size
     response.headers["Content-Disposition"] = content_disposition(name)
+    # The content type is the uploader's; a browser must not sniff or run what it names.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
 
 

@@ -66,7 +66,8 @@ class Progress(BaseModel):
 class JobError(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="exception type, or WorkerCrashed, Cancelled, TimedOut, Interrupted")
+    type: str = Field(description="the job's exception type, or WorkerCrashed, MemoryLimitExceeded, TimedOut, "
+                                  "Interrupted or InternalError")
     message: str
 
 

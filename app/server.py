@@ -25,6 +25,8 @@ logger = logging.getLogger("offload")
 # Seconds Hypercorn waits for open connections after the listeners close. Websockets are closed
 # before that, so only uploads and downloads still running use it.
 CONNECTION_GRACE_S = 2.0
+# Largest websocket message a client may send; a larger one closes the connection with 1009.
+WEBSOCKET_MAX_MESSAGE_BYTES = 64 * 1024
 # Windows delivers CTRL_BREAK_EVENT as SIGBREAK; CTRL_C_EVENT arrives as SIGINT.
 SHUTDOWN_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK")
                          if hasattr(signal, name))
@@ -35,6 +37,9 @@ def hypercorn_config(settings: Settings) -> Config:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = CONNECTION_GRACE_S
+    # Clients have nothing to send on the event websockets, and the server drops what they send; the
+    # default 16 MiB per message let a few connections grow the server by hundreds of MiB.
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
     config.accesslog = None
     # A Logger instance makes Hypercorn log through the root handler instead of its own.
     config.errorlog = logging.getLogger("hypercorn.error")

@@ -27,7 +27,8 @@ KEEP_ALIVE = b": keep-alive\n"
 
 
 @sse.get("/api/sessions/<session_id>/events")
-@documented(200, None, 400, 401, 404, 503, responses=event_stream_reply(), parameters=EVENT_STREAM_PARAMETERS)
+@documented(200, None, 400, 401, 404, 503, responses=event_stream_reply(job=False),
+            parameters=EVENT_STREAM_PARAMETERS)
 async def session_events(session_id: str) -> Response:
     return _respond(session_id, None)
 

@@ -14,6 +14,11 @@ from .sessions import Session
 from .workers.registry import JobKind, KindError
 
 
+MAX_REPORTED_ERRORS = 10
+# Characters of a field name or a pydantic message quoted in an error; both can echo client input.
+MAX_TEXT_CHARS = 200
+
+
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -27,20 +32,33 @@ class JobRequest(BaseModel):
 
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
-    """Turn a pydantic error into one line that names each invalid field and the value sent."""
+    """Turn a pydantic error into one line that names each invalid field and the value sent.
+
+    Field names and pydantic's messages may contain what the client sent, so both are shortened,
+    and only the first ``MAX_REPORTED_ERRORS`` errors are described.
+    """
     messages = []
-    for item in error.errors():
-        field = prefix + ".".join(str(part) for part in item["loc"])
+    errors = error.errors()
+    for item in errors[:MAX_REPORTED_ERRORS]:
+        field = _shorten(prefix + ".".join(str(part) for part in item["loc"]))
         if item["type"] == "extra_forbidden":
             message = f"{field}: unknown field; use one of {sorted(model.model_fields)}"
         elif item["type"] == "model_type":
             message = f"{field or 'body'}: expected a JSON object"
         else:
-            message = f"{field or 'body'}: {item['msg']}"
+            message = f"{field or 'body'}: {_shorten(item['msg'])}"
             if item["type"] != "missing" and not isinstance(item.get("input"), (dict, list)):
                 message += f" (got {quoted(item['input'])})"
         messages.append(message)
+    if len(errors) > MAX_REPORTED_ERRORS:
+        messages.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more errors")
     return "; ".join(messages)
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= MAX_TEXT_CHARS:
+        return text
+    return f"{text[:MAX_TEXT_CHARS]}... ({len(text)} characters)"
 
 
 def check_inputs(session: Session, kind: JobKind, inputs: list[str]) -> None:

@@ -216,3 +216,26 @@ def test_output_names(api: Api) -> None:
         job = run(api, "decompress", upload_bytes(api, name, data)["file_id"])
         assert job["state"] == "succeeded", job
         assert job["result"]["output"] == expected
+
+
+def test_xz_dictionary_bomb_fails(server: Server, api: Api) -> None:
+    # A few hundred bytes whose header asks the decoder for a 1.5 GiB dictionary.
+    bomb = lzma.compress(b"\0" * 1_000_000, format=lzma.FORMAT_XZ,
+                         filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1536 << 20}])
+    record = upload_bytes(api, "bomb.xz", bomb)
+    job = run(api, "decompress", record["file_id"])
+
+    assert job["state"] == "failed", job
+    assert job["error"]["type"] == "DecompressionLimitExceeded"
+    assert "MiB of memory" in job["error"]["message"]
+    assert job_files(server, api, job) == []
+
+
+def test_xz_stream_padding_accepted(api: Api) -> None:
+    data = b"first stream " * 1000
+    padded = lzma.compress(data) + b"\0" * 8 + lzma.compress(b"second") + b"\0" * 4
+    record = upload_bytes(api, "padded.xz", padded)
+    job = run(api, "decompress", record["file_id"])
+
+    assert job["state"] == "succeeded", job
+    assert download(api, job, job["result"]["output"]) == data + b"second"

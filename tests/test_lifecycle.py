@@ -87,6 +87,9 @@ def test_hypercorn_workers_zero_serves(tmp_path: object) -> None:
     finally:
         process.send_signal(signal.SIGTERM if sys.platform != "win32" else signal.CTRL_BREAK_EVENT)
         process.wait(30)
+    # The hypercorn command sets up only its own loggers, so the app sets up the rest.
+    assert process.stderr is not None
+    assert "ready in" in process.stderr.read().decode(errors="replace")
 
 
 def test_second_server_on_same_data_dir_refused(server_factory: object) -> None:

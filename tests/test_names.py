@@ -126,6 +126,7 @@ def test_long_name_cut_to_255_bytes(api: Api, letter: str) -> None:
     ("CON", "_CON"), ("nul.txt", "_nul.txt"), ("COM1.log", "_COM1.log"), ("aux.tar.gz", "_aux.tar.gz"),
     ("LPT9", "_LPT9"), ("con .txt", "_con .txt"), ("what?.txt", "what_.txt"), ("trailing. ", "trailing"),
     ("CONSOLE.txt", "CONSOLE.txt"), ("Погода.csv", "Погода.csv"),
+    ("CON" + " " * 300 + "x", "_CON"), ("nul" + " " * 300 + "x.png", "_nul" + " " * 247 + ".png"),
 ])
 def test_disk_name_avoids_windows_traps(name: str, expected: str) -> None:
     assert disk_name(name) == expected

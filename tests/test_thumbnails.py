@@ -215,3 +215,15 @@ def test_size_bounds_at_edge(api: Api) -> None:
     assert len(job["result"]["thumbnails"]) == 10
     assert job["result"]["thumbnails"][0]["width"] == 1
     assert (job["result"]["thumbnails"][-1]["width"], job["result"]["thumbnails"][-1]["height"]) == (2, 1)
+
+
+def test_long_name_keeps_outputs_apart(api: Api) -> None:
+    record = upload_bytes(api, "x" * 250 + ".jpg", (DATA / "rocket.jpg").read_bytes())
+    job = run(api, record["file_id"], sizes=[64, 128, "100x50"])
+    assert job["state"] == "succeeded", job
+
+    names = [thumbnail["name"] for thumbnail in job["result"]["thumbnails"]]
+    assert len(set(names)) == 3
+    assert sorted(output["name"] for output in job["outputs"]) == sorted(names)
+    for name in names:
+        assert len(name.encode()) <= 240

@@ -28,6 +28,8 @@ CHUNK_BYTES = 256 * 1024
 # Bytes read to detect a format; the longest magic number (xz) has 6.
 MAGIC_BYTES = 6
 ZSTD_FEED_BYTES = 1024
+# Memory an xz decoder may use. Every preset of the xz tool, 9e included, decodes in under 70 MiB.
+XZ_MEMORY_LIMIT_BYTES = 128 * 1024 * 1024
 # A decompressed output gets this suffix when its input's name has none of the format's suffixes,
 # so the output is never named like its input.
 UNKNOWN_SUFFIX_OUTPUT = ".out"
@@ -128,10 +130,71 @@ class ZstdReader:
         return True
 
 
+class XzReader:
+    """Read concatenated xz streams with a limit on the decoder's memory.
+
+    ``lzma.LZMAFile`` takes no memory limit, so a small file whose header asks for a 1.5 GiB
+    dictionary would make the decoder allocate that much. Zero bytes between and after streams
+    are stream padding, which the xz format allows.
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        # The decoder of the stream being read; None between streams.
+        self._decoder: lzma.LZMADecompressor | None = None
+        self._pending = b""
+
+    def read(self, size: int) -> bytes:
+        while True:
+            if self._decoder is None and not self._start_stream():
+                return b""
+            decoder = self._decoder
+            assert decoder is not None
+            if decoder.eof:
+                self._pending = decoder.unused_data
+                self._decoder = None
+                continue
+
+            data = b""
+            if decoder.needs_input:
+                data = self._take_input()
+                if not data:
+                    raise lzma.LZMAError("the input ends inside an xz stream, so the file is truncated")
+            try:
+                chunk = decoder.decompress(data, max_length=size)
+            except lzma.LZMAError as error:
+                # liblzma reports LZMA_MEMLIMIT_ERROR only through this message.
+                if "memory usage limit" in str(error).lower():
+                    raise DecompressionLimitExceeded(
+                        f"the xz stream needs more than {XZ_MEMORY_LIMIT_BYTES // 2**20} MiB of memory to decode "
+                        "(its dictionary size), more than any preset of the xz tool; recompress it with a "
+                        "standard preset") from None
+                raise
+            if chunk:
+                return chunk
+
+    def close(self) -> None:
+        self._decoder = None
+
+    def _take_input(self) -> bytes:
+        data = self._pending or self._source.read(CHUNK_BYTES)
+        self._pending = b""
+        return data
+
+    def _start_stream(self) -> bool:
+        while data := self._take_input():
+            data = data.lstrip(b"\0")
+            if data:
+                self._pending = data
+                self._decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT_BYTES)
+                return True
+        return False
+
+
 CODECS: dict[str, Codec] = {
     "gzip": Codec("gzip", 0, 9, 6, (".gz", ".gzip"), b"\x1f\x8b", _gzip_compressor, _gzip_reader),
     "bz2": Codec("bz2", 1, 9, 9, (".bz2",), b"BZh", _bz2_compressor, bz2.BZ2File),
-    "xz": Codec("xz", 0, 9, 6, (".xz",), b"\xfd7zXZ\x00", _xz_compressor, lzma.LZMAFile),
+    "xz": Codec("xz", 0, 9, 6, (".xz",), b"\xfd7zXZ\x00", _xz_compressor, XzReader),
     "zstd": Codec("zstd", 1, 22, 3, (".zst", ".zstd"), b"\x28\xb5\x2f\xfd", _zstd_compressor, ZstdReader),
 }
 # Single-file shorthands for compressed tar archives: decompressing gives the tar file.
@@ -155,7 +218,8 @@ class CompressParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Format = Field(default="zstd", description="compression format")
-    level: int | None = Field(default=None, description=f"compression level: {LEVELS_HELP}")
+    # Strict, so that true is not taken for level 1.
+    level: int | None = Field(default=None, strict=True, description=f"compression level: {LEVELS_HELP}")
 
     @field_validator("level")
     @classmethod

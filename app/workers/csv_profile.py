@@ -14,7 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .context import JobContext
 from .registry import JobKind
@@ -51,6 +51,33 @@ class CsvProfileParams(BaseModel):
     delimiter: str | None = Field(
         default=None, min_length=1, max_length=1, description="field delimiter; detected when omitted"
     )
+
+    @field_validator("encoding")
+    @classmethod
+    def _text_encoding(cls, encoding: str | None) -> str | None:
+        if encoding is None:
+            return None
+        try:
+            info = codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {encoding!r}: use a text codec name such as utf-8 or cp1252") from None
+        # rot13, base64 and the like are codecs too, but they do not decode bytes into text.
+        if not getattr(info, "_is_text_encoding", True):
+            raise ValueError(f"{encoding!r} is not a text encoding: use one such as utf-8 or cp1252")
+        try:
+            # The "undefined" codec exists only to fail when it is used.
+            info.incrementaldecoder().decode(b"", final=True)
+        except UnicodeError:
+            raise ValueError(f"encoding {encoding!r} cannot decode anything: use one such as utf-8 or cp1252") from None
+        return encoding
+
+    @field_validator("delimiter")
+    @classmethod
+    def _usable_delimiter(cls, delimiter: str | None) -> str | None:
+        if delimiter is not None and delimiter in ('"', "\r", "\n"):
+            raise ValueError(f"delimiter {delimiter!r} cannot separate fields, because it quotes values or "
+                             "ends rows; use , ; tab or |")
+        return delimiter
 
 
 class ColumnStats:

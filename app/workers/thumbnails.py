@@ -83,6 +83,10 @@ def parse_size(size: int | str) -> tuple[int, int]:
     return box
 
 
+# Leaves room for "-4096x4096", the longest size tag, and a suffix within an output name's 240 bytes.
+MAX_STEM_BYTES = 200
+
+
 def size_label(size: int | str) -> str:
     """Name a size in output file names: "256" for a maximum edge, "320x200" for a box."""
     width, height = parse_size(size)
@@ -97,6 +101,9 @@ def make_thumbnails(context: JobContext, inputs: list[Path], params: ThumbnailPa
     total = len(params.sizes) + 1
     pillow_format, suffix = FORMATS[params.format]
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    # Output names are cut to fit the file system; cutting the stem here keeps the size tags that
+    # tell the thumbnails apart.
+    stem = stem.encode()[:MAX_STEM_BYTES].decode(errors="ignore")
 
     image, source = _load(path, name, params.max_pixels)
     context.progress(1, total, "images", "decoded")
