@@ -14,6 +14,7 @@ from .flow import FlowControlledConnection, FlowControlledRequest
 from .logs import configure_logging
 from .openapi import install_openapi
 from .page import page
+from .patches import bound_websocket_buffers
 from .routes import FileNameConverter, api
 from .runtime import Runtime, StartupError
 from .sse import sse
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Quart:
             configure_logging(runtime.settings.log_level, runtime.settings.log_format)
         app.extensions["offload"] = runtime
         set_allowed_origins(app, runtime.settings.cors_origins)
+        bound_websocket_buffers()
         await runtime.start()
 
     @app.after_serving
