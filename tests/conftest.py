@@ -122,6 +122,19 @@ def open_silent_websocket(server: Server, path: str) -> socket.socket:
     return sock
 
 
+def subscribers(server: Server) -> int:
+    """Return the server's open websocket and event-stream subscriptions, from /readyz."""
+    return httpx.get(server.url + "/readyz").json()["subscribers"]
+
+
+def wait_no_subscribers(server: Server, timeout: float = 10.0) -> int:
+    """Wait until the server has no subscriptions or ``timeout`` seconds pass; return how many remain."""
+    deadline = time.monotonic() + timeout
+    while subscribers(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return subscribers(server)
+
+
 def stored_files(server: Server) -> list[Path]:
     """List the uploads and job outputs on disk; the lock file and the journal are not among them."""
     sessions = server.data_dir / "sessions"

@@ -6,12 +6,11 @@ import asyncio
 import json
 import time
 
-import httpx
 import psutil
 import pytest
 import websockets
 
-from .conftest import Api, Server, open_silent_websocket
+from .conftest import Api, Server, open_silent_websocket, subscribers, wait_no_subscribers
 
 
 def test_raising_job_fails_with_type_and_message(api: Api, server: Server) -> None:
@@ -90,10 +89,6 @@ def test_queue_limit_total(server_factory: object) -> None:
     assert "--max-queued-jobs " in response.json()["error"]["message"]
 
 
-def subscribers(server: Server) -> int:
-    return httpx.get(server.url + "/readyz").json()["subscribers"]
-
-
 async def test_disconnect_leaves_no_subscriber(server_factory: object) -> None:
     server = server_factory()
     api = Api(server)
@@ -102,10 +97,7 @@ async def test_disconnect_leaves_no_subscriber(server_factory: object) -> None:
         async with websockets.connect(api.ws_url(path)) as ws:
             await asyncio.wait_for(ws.recv(), 10)
             assert subscribers(server) == 1
-    deadline = time.monotonic() + 5
-    while subscribers(server) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert subscribers(server) == 0
+    assert wait_no_subscribers(server, timeout=5) == 0
     # The job runs on without anyone watching.
     assert api.wait_job(job["job_id"])["state"] == "succeeded"
 
@@ -144,10 +136,7 @@ def test_stalled_websocket_client_is_dropped(server_factory: object) -> None:
         jobs = [api.start("fail", [], message="x" * 100_000) for _ in range(60)]
         for job in jobs:
             api.wait_job(job["job_id"])
-        deadline = time.monotonic() + 10
-        while subscribers(server) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert subscribers(server) == 0
+        assert wait_no_subscribers(server) == 0
         assert "stopped reading; disconnected" in server.log()
 
         started = time.monotonic()

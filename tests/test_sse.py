@@ -12,7 +12,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from .conftest import Api, Server
+from .conftest import Api, Server, subscribers, wait_no_subscribers
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "interrupted"}
 
@@ -25,17 +25,6 @@ def read_events(api: Api, path: str, **kwargs: Any) -> list[dict[str, Any]]:
         for sse in source.iter_sse():
             events.append({**json.loads(sse.data), "sse_id": sse.id, "sse_event": sse.event})
     return events
-
-
-def subscribers(server: Server) -> int:
-    return httpx.get(server.url + "/readyz").json()["subscribers"]
-
-
-def wait_no_subscribers(server: Server, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while subscribers(server) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return subscribers(server)
 
 
 def test_job_stream_snapshot_then_events_to_end(api: Api) -> None:
