@@ -2,9 +2,9 @@
 
 Quart appends every ASGI body message to the request's buffer as soon as it arrives (Quart 0.22), so
 a client faster than the disk grows that buffer without bound. Here the task that receives messages
-waits while the buffer holds ``BODY_BUFFER_BYTES`` that the handler has not read yet. Hypercorn's queue of
-received messages is bounded (``max_app_queue_size``), so once it is full Hypercorn stops reading
-the socket and TCP slows the client down.
+waits while the buffer contains ``BODY_BUFFER_BYTES`` that the handler has not read yet. Hypercorn's
+queue of received messages is bounded (``max_app_queue_size``), so once it is full Hypercorn stops
+reading the socket and TCP slows the client down.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def clean_name(name: str) -> str:
 def disk_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     """Return ``clean_name(name)`` made safe as a file name on Windows, macOS and Linux.
 
-    Job outputs and downloads of the command-line client are named after user files, so their names
+    Job outputs and downloads of the command-line client are named after user files. So their names
     must never be a Windows device name (``CON``, ``nul.txt``, ``COM1.log``), contain a character
     Windows rejects, or end in a dot or space, which Windows silently drops. The result is cut to
     ``max_bytes`` UTF-8 bytes, keeping its suffix.

@@ -37,8 +37,8 @@ def hypercorn_config(settings: Settings) -> Config:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = CONNECTION_GRACE_S
-    # Clients have nothing to send on the event websockets, and the server drops what they send; the
-    # default 16 MiB per message let a few connections grow the server by hundreds of MiB.
+    # Clients have nothing to send on the event websockets, and the server drops what they send. With
+    # the default of 16 MiB per message, a few connections grew the server by hundreds of MiB.
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
     config.accesslog = None
     # A Logger instance makes Hypercorn log through the root handler instead of its own.

@@ -47,8 +47,8 @@ def _respond(session_id: str, job_id: str | None) -> Response:
         runtime.jobs.get(session, job_id)
     after = _after()
 
-    # A reconnect after the job's final event has nothing left to send, and 204 is the one answer
-    # that makes EventSource stop reconnecting.
+    # A reconnect after the job's final event has nothing left to send. 204 is the one status that
+    # makes EventSource stop reconnecting.
     if (job_id is not None and after is not None and job_finished(runtime, job_id)
             and runtime.hub.events_after(session_id, after, job_id) == []):
         return Response(status=204)
@@ -56,7 +56,7 @@ def _respond(session_id: str, job_id: str | None) -> Response:
     stream = EventStream(runtime, session_id, job_id, after, runtime.settings.sse_keep_alive_s)
     response = Response(_body(stream), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
-    # nginx buffers proxied responses unless told not to.
+    # nginx buffers proxied responses unless this header turns buffering off.
     response.headers["X-Accel-Buffering"] = "no"
     # Quart ends a response after RESPONSE_TIMEOUT (60 s by default); a stream may run for hours.
     response.timeout = None

@@ -169,7 +169,7 @@ def shutting_down() -> ApiError:
 async def drained_on_rejection(body: AsyncIterable[bytes]) -> AsyncIterator[None]:
     """Read and drop the rest of a rejected body, within bounds, before the error response goes out.
 
-    A client still sending when the server answers and closes may get a connection reset instead of
+    A client still sending when the server responds and closes may get a connection reset instead of
     the response, so the server reads on for a little while to let the client see the reason.
     """
     try:

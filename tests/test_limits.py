@@ -7,13 +7,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from bench.servers import PeakMemory
 
-from .conftest import Api, Server, stored_files
+from .conftest import Api, Server, start_server, stored_files
 
 MiB = 1024 * 1024
 
@@ -48,7 +49,7 @@ def repeated(total: int, block: bytes) -> Iterator[bytes]:
         yield piece
 
 
-def test_slow_disk_keeps_memory_flat(server_factory: object, tmp_path: object) -> None:
+def test_slow_disk_keeps_memory_flat(server_factory: Any) -> None:
     total = 2 * 1024 * MiB
     # 5 ms before each 1 MiB write caps the disk at about 200 MiB/s, slower than loopback, so
     # without flow control the body would pile up in the server's memory.
@@ -71,8 +72,6 @@ def test_slow_disk_keeps_memory_flat(server_factory: object, tmp_path: object) -
 
 @pytest.fixture(name="idle_server", scope="module")
 def _idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from .conftest import start_server
-
     server = start_server(tmp_path_factory.mktemp("idle"), "--upload-idle-s", "1")
     yield server
     server.stop()
@@ -121,8 +120,6 @@ def test_slow_but_steady_body_is_stored(idle_server: Server) -> None:
 
 @pytest.fixture(name="quota_server", scope="module")
 def _quota_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from .conftest import start_server
-
     server = start_server(tmp_path_factory.mktemp("quota"), "--max-files-per-session", "3",
                           "--max-session-bytes", "1000")
     yield server

@@ -56,7 +56,7 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def declared_png(width: int, height: int) -> bytes:
-    """Build a PNG that declares ``width`` x ``height`` RGB pixels but holds one row of data."""
+    """Build a PNG that declares ``width`` x ``height`` RGB pixels but contains one row of data."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
             + png_chunk(b"IDAT", zlib.compress(b"\x00" * (1 + 3 * min(width, 100)))) + png_chunk(b"IEND", b""))
@@ -103,7 +103,8 @@ def test_exif_orientation_applied(api: Api) -> None:
     assert thumbnail.size == (40, 80)
     # Turned clockwise, the red left half is on top.
     red, green, blue = thumbnail.convert("RGB").getpixel((20, 10))
-    assert red > 200 and blue < 60
+    assert red > 200
+    assert blue < 60
     assert not thumbnail.getexif()
     assert thumbnail.info == {}
 

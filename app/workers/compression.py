@@ -1,6 +1,6 @@
 """The ``compress`` and ``decompress`` job kinds: gzip, bz2, xz and zstd, streamed in chunks.
 
-Neither kind holds a whole file in memory: each reads and writes ``CHUNK_BYTES`` at a time, and
+Neither kind keeps a whole file in memory: each reads and writes ``CHUNK_BYTES`` at a time, and
 decompression asks each reader for at most that many bytes, so one small input chunk cannot expand
 into gigabytes in memory. ``decompress`` stops at an output size or ratio limit and then deletes its
 partial output.
