@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -23,11 +25,14 @@ class BatchWriter:
     """Queue items from any thread; one daemon thread hands everything queued so far to ``apply``.
 
     ``apply`` receives the items in the order they were queued, so it can let a later write to the
-    same key replace an earlier one. It runs only in the writer thread.
+    same key replace an earlier one. It runs only in the writer thread. With ``delay_s`` the thread
+    waits that long after the first item of a batch, so that a burst becomes one batch and wakes the
+    thread once.
     """
 
-    def __init__(self, name: str, apply: Callable[[list[Any]], None]) -> None:
+    def __init__(self, name: str, apply: Callable[[list[Any]], None], delay_s: float = 0.0) -> None:
         self._apply = apply
+        self._delay_s = delay_s
         self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -57,6 +62,8 @@ class BatchWriter:
     def _run(self) -> None:
         while True:
             batch = [self._items.get()]
+            if self._delay_s > 0 and batch[0] is not _STOP:
+                time.sleep(self._delay_s)
             while True:
                 try:
                     batch.append(self._items.get_nowait())
@@ -70,6 +77,8 @@ class BatchWriter:
                 # A bad item must not end the thread, or every later write would be lost silently.
                 logger.exception("%s failed to apply %d queued writes", self._thread.name, len(batch))
             for barrier in barriers:
-                barrier.future.set_result(None)
+                # A waiter that gave up has cancelled its barrier, and that must not end the thread.
+                with contextlib.suppress(InvalidStateError):
+                    barrier.future.set_result(None)
             if stop:
                 return

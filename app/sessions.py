@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 # Seconds between journal writes of a session's last use; expiry is that much less exact after a restart.
 JOURNAL_TOUCH_INTERVAL_S = 30.0
 
+# Seconds the writer thread gathers writes before it applies them to the Manager. Nothing waits on
+# these copies except a running job's cancellation flag, which a job polls between chunks anyway, and
+# gathering turns a burst of small jobs' state changes into one round trip per dict.
+STORE_WRITE_DELAY_S = 0.005
+
 # Sentinel for a key removed from a Manager dict.
 _DELETE = object()
 
@@ -84,7 +89,7 @@ class SessionStore:
         self.shared_jobs = manager.dict()
         # Job id -> True once the job was asked to stop; workers poll it through JobContext.
         self.cancel_flags = manager.dict()
-        self._writer = BatchWriter("offload-store-writer", self._apply)
+        self._writer = BatchWriter("offload-store-writer", self._apply, STORE_WRITE_DELAY_S)
         self.manager_lost = False
 
     def start(self) -> None:

@@ -199,6 +199,20 @@ async def test_late_websocket_gets_final_snapshot(server: Server) -> None:
     assert close_code == 1000
 
 
+async def test_websocket_declines_compression(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        session_id, token = await create_session(client)
+    url = f"{server.ws_url}/api/sessions/{session_id}/ws?token={token}"
+    # The websockets client offers permessage-deflate by default, as browsers do.
+    async with websockets.connect(url) as ws:
+        offered = ws.request.headers.get("Sec-WebSocket-Extensions")
+        accepted = ws.response.headers.get("Sec-WebSocket-Extensions")
+        snapshot = json.loads(await ws.recv())
+    assert offered is not None and "permessage-deflate" in offered
+    assert accepted is None
+    assert snapshot["type"] == "snapshot"
+
+
 async def test_reconnect_after_seq_gets_newer_events(server: Server) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         session_id, token = await create_session(client)
