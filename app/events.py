@@ -8,6 +8,7 @@ of its session and pushes it to every subscriber of that session.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import threading
@@ -21,6 +22,26 @@ Event = dict[str, Any]
 
 # Seconds a closed subscriber's client gets to read the last events before it is dropped.
 CLOSE_SEND_GRACE_S = 1.0
+
+
+class PublishedEvent(dict[str, Any]):
+    """An event numbered by the hub, which keeps its JSON text after the first client needed it."""
+
+    __slots__ = ("_text",)
+
+    def text(self) -> str:
+        try:
+            return self._text
+        except AttributeError:
+            self._text: str = json.dumps(self, allow_nan=False)
+            return self._text
+
+
+def event_text(event: Event) -> str:
+    """Return an event as JSON text; a published event is encoded once for all its clients."""
+    if isinstance(event, PublishedEvent):
+        return event.text()
+    return json.dumps(event, allow_nan=False)
 
 
 class SendGuard(Protocol):
@@ -97,7 +118,7 @@ class EventHub:
     def publish(self, session_id: str, event: Event) -> Event:
         seq = self._last_seq.get(session_id, 0) + 1
         self._last_seq[session_id] = seq
-        event = {"seq": seq, **event}
+        event = PublishedEvent(seq=seq, **event)
         log = self._logs.get(session_id)
         if log is None:
             log = self._logs[session_id] = deque(maxlen=self._backlog)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from quart import Blueprint, Response, request
 
 from .eventstream import TOO_SLOW, EventStream, guard_deadline, job_finished, parse_after
-from .events import Event
+from .events import Event, event_text
 from .openapi import EVENT_STREAM_PARAMETERS, documented, event_stream_reply
 from .routes import authenticate, ready_runtime
 
@@ -122,6 +121,6 @@ async def _body(stream: EventStream) -> AsyncIterator[bytes]:
 def _encode(events: list[Event]) -> bytes:
     lines = []
     for event in events:
-        data = json.dumps(event, allow_nan=False)
+        data = event_text(event)
         lines.append(f"id: {event['seq']}\nevent: {event['type']}\ndata: {data}\n\n")
     return "".join(lines).encode()

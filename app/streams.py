@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +16,7 @@ from quart import Blueprint, websocket
 
 from .cors import origin_allowed
 from .errors import ApiError, quoted
-from .events import CLOSE_SEND_GRACE_S, Event, Subscriber
+from .events import CLOSE_SEND_GRACE_S, Event, Subscriber, event_text
 from .eventstream import TOO_SLOW, EventStream, guard_deadline, parse_after
 from .routes import authenticate, ready_runtime
 
@@ -101,4 +100,4 @@ async def _close_slow() -> None:
 
 async def _send_all(events: list[dict[str, Any]]) -> None:
     for event in events:
-        await websocket.send(json.dumps(event, allow_nan=False))
+        await websocket.send(event_text(event))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
-from app.events import EventHub, Subscriber
+from app.events import EventHub, Subscriber, event_text
 
 
 def progress(job_id: str, done: int) -> dict[str, object]:
@@ -32,6 +33,24 @@ async def test_unsent_progress_is_merged_latest_wins() -> None:
     assert batch[2]["progress"] == {"done": 50}
     seqs = [event["seq"] for event in batch]
     assert seqs == sorted(seqs)
+
+
+async def test_published_event_encoded_once() -> None:
+    hub = EventHub(backlog=100)
+    first = Subscriber("s", None, limit=100)
+    second = Subscriber("s", None, limit=100)
+    hub.subscribe(first)
+    hub.subscribe(second)
+    hub.publish("s", state("a", "running"))
+
+    [seen_first] = await first.next_batch()
+    [seen_second] = await second.next_batch()
+    text = event_text(seen_first)
+    assert json.loads(text) == {"seq": 1, "job_id": "a", "type": "state", "state": "running"}
+    # Both clients send the very same string, encoded once.
+    assert event_text(seen_second) is text
+    snapshot = {"seq": 1, "type": "snapshot", "jobs": []}
+    assert event_text(snapshot) == json.dumps(snapshot)
 
 
 async def test_job_subscriber_sees_only_its_job() -> None:
