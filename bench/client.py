@@ -159,9 +159,19 @@ class JobPoster:
     async def post(self, payload: Any) -> tuple[int, Any]:
         """Send ``payload`` as JSON and return the response's status code and decoded JSON body."""
         body = json.dumps(payload).encode()
-        reader, writer = self._idle.pop() if self._idle else await self._connect()
-        writer.write(b"%sContent-Length: %d\r\n\r\n%s" % (self._head, len(body), body))
-        head = await reader.readuntil(b"\r\n\r\n")
+        request = b"%sContent-Length: %d\r\n\r\n%s" % (self._head, len(body), body)
+        reused = bool(self._idle)
+        reader, writer = self._idle.pop() if reused else await self._connect()
+        try:
+            head = await self._exchange(reader, writer, request)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not reused:
+                raise
+            # Hypercorn closes a keep-alive connection after 5 s idle (keep_alive_timeout), before it
+            # reads the next request, so the request is sent again on a new connection.
+            writer.close()
+            reader, writer = await self._connect()
+            head = await self._exchange(reader, writer, request)
         status = int(head[9:12])
         length = _content_length(head)
         reply = json.loads(await reader.readexactly(length)) if length else None
@@ -170,6 +180,12 @@ class JobPoster:
         else:
             self._idle.append((reader, writer))
         return status, reply
+
+    @staticmethod
+    async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+        """Send a request and return the response's status line and headers."""
+        writer.write(request)
+        return await reader.readuntil(b"\r\n\r\n")
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection(self._host, self._port)
