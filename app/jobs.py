@@ -425,8 +425,10 @@ class JobService:
         worker.jobs_run += 1
         max_jobs = self._settings.max_jobs_per_worker
         max_rss = self._settings.max_worker_rss_bytes
-        if not worker.usable:
-            # The worker was killed, or died, after its job's result arrived.
+        if worker.kill_reason is not None:
+            # The server killed the worker after its job's result arrived. A worker that died by
+            # itself is not checked for here, which would cost a system call per job: its next job
+            # finds it broken and goes back to the queue, and an idle one is found by the watch.
             self._pool.replace(worker, self._dispatch)
         elif max_jobs and worker.jobs_run >= max_jobs:
             logger.info("worker pid %s ran %d jobs; replacing it", worker.pid, worker.jobs_run)

@@ -11,6 +11,7 @@ class DataLayout:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._sessions_dir = self.root / "sessions"
 
     @property
     def lock_path(self) -> Path:
@@ -22,19 +23,21 @@ class DataLayout:
 
     @property
     def sessions_dir(self) -> Path:
-        return self.root / "sessions"
+        return self._sessions_dir
+
+    # One joinpath call per path: each "/" builds a Path, and these run for every job.
 
     def session_dir(self, session_id: str) -> Path:
-        return self.sessions_dir / session_id
+        return self._sessions_dir.joinpath(session_id)
 
     def files_dir(self, session_id: str) -> Path:
-        return self.session_dir(session_id) / "files"
+        return self._sessions_dir.joinpath(session_id, "files")
 
     def file_path(self, session_id: str, file_id: str) -> Path:
-        return self.files_dir(session_id) / file_id
+        return self._sessions_dir.joinpath(session_id, "files", file_id)
 
     def job_dir(self, session_id: str, job_id: str) -> Path:
-        return self.session_dir(session_id) / "jobs" / job_id
+        return self._sessions_dir.joinpath(session_id, "jobs", job_id)
 
 
 def list_outputs(directory: Path) -> list[dict[str, Any]]:

@@ -57,11 +57,6 @@ class Worker:
             self.kill_reason = reason
             self.process.kill()
 
-    @property
-    def usable(self) -> bool:
-        """Whether the worker can take another job: alive, and not killed by the server."""
-        return self.kill_reason is None and self.process is not None and self.process.is_alive()
-
 
 class WorkerPool:
     """A fixed number of workers, each started before it takes a job and replaced when it ends."""

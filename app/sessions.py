@@ -8,11 +8,13 @@ Manager. A value read from a Manager dict is a copy, so records are always repla
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
@@ -37,9 +39,29 @@ _DELETE = object()
 Record = dict[str, Any]
 
 
+# Ids made ahead from one read of the OS random source, because each read is a system call and the
+# event loop makes an id for every job and every file. ``deque.popleft`` and ``extend``
+# are atomic in CPython, so threads need no lock, and a refill by two threads at once only makes
+# more ids. Only the serving process makes ids, so a forked worker's copy of the deque goes unused.
+_ids: deque[str] = deque()
+IDS_PER_READ = 256
+ID_BYTES = 16
+
+
 def new_id() -> str:
     """Return an unguessable id: 128 random bits, URL-safe."""
-    return secrets.token_urlsafe(16)
+    while True:
+        try:
+            return _ids.popleft()
+        except IndexError:
+            _ids.extend(_make_ids())
+
+
+def _make_ids() -> list[str]:
+    random = secrets.token_bytes(IDS_PER_READ * ID_BYTES)
+    encoded = [base64.urlsafe_b64encode(random[start:start + ID_BYTES])
+               for start in range(0, len(random), ID_BYTES)]
+    return [text.rstrip(b"=").decode("ascii") for text in encoded]
 
 
 def _token_digest(token: str) -> bytes:

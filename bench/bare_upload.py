@@ -32,7 +32,8 @@ async def upload(name: str) -> tuple[dict[str, int], int]:
     return {"size": size}, 201
 
 
-async def _serve(port: int) -> None:
+async def serve_app(app: Quart, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1:PORT with Hypercorn until a shutdown signal."""
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
@@ -55,13 +56,18 @@ def _thread_safe_handler(loop: asyncio.AbstractEventLoop, shutdown: asyncio.Even
     return handle
 
 
-def main(argv: list[str] | None = None) -> int:
+def serve_command(app: Quart, module: str, argv: list[str] | None) -> int:
+    """Run ``python -m MODULE PORT``: serve ``app`` until a shutdown signal; return the exit status."""
     arguments = sys.argv[1:] if argv is None else argv
     if len(arguments) != 1 or not arguments[0].isdigit() or not 0 < int(arguments[0]) <= 65535:
-        print(f"usage: python -m bench.bare_upload PORT (1 to 65535); got {arguments}", file=sys.stderr)
+        print(f"usage: python -m {module} PORT (1 to 65535); got {arguments}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(int(arguments[0])))
+    asyncio.run(serve_app(app, int(arguments[0])))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve_command(app, "bench.bare_upload", argv)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from bench.client import (
 from bench.kinds import NoopParams, noop
 from bench.plan import Plan, Servers
 from bench.report import Figure, Skipped, at_least, at_most, below, ratio_at_least
-from bench.servers import PeakMemory, ServerProcess
+from bench.servers import PeakMemory, ServerProcess, free_port, start_server, stop_server, wait_ready
 
 MiB = 1024 * 1024
 UPLOAD_RUNS = 3
@@ -98,6 +98,17 @@ async def measure_bare_jobs(pool: ProcessPoolExecutor, workers: int, jobs: int, 
     return await run_closed_loop(call, jobs, concurrency)
 
 
+async def measure_bare_api_jobs(plan: Plan, directory: Path) -> LoopResult:
+    """Run the trivial jobs against ``bench.bare_api``: the same HTTP and websocket traffic, no job machinery."""
+    port = free_port()
+    server = start_server("bare API", ["-m", "bench.bare_api", str(port)], port, directory / "bare_api.log")
+    try:
+        await asyncio.to_thread(wait_ready, server, "POST", "/api/sessions", 201)
+        return await measure_offload_jobs(server.url, plan.workers, plan.trivial_jobs, plan.concurrency)
+    finally:
+        await asyncio.to_thread(stop_server, server)
+
+
 async def run_trivial_jobs(plan: Plan, servers: Servers) -> tuple[list[Figure], list[Skipped]]:
     url = servers.offload.url
     single_jobs = max(plan.trivial_jobs // 5, 50)
@@ -109,6 +120,7 @@ async def run_trivial_jobs(plan: Plan, servers: Servers) -> tuple[list[Figure], 
         bare_one = await measure_bare_jobs(pool, plan.workers, single_jobs, 1)
     finally:
         await asyncio.to_thread(pool.shutdown)
+    bare_api = await measure_bare_api_jobs(plan, servers.directory)
 
     clients = f"{plan.concurrency} clients"
     figures = [
@@ -117,6 +129,9 @@ async def run_trivial_jobs(plan: Plan, servers: Servers) -> tuple[list[Figure], 
         Figure(f"trivial job p50, {clients}", "ms", many.p50_ms, bare_many.p50_ms, "bare pool",
                at_most(TARGET_P50_MS)),
         Figure("trivial job p50, 1 client", "ms", one.p50_ms, bare_one.p50_ms, "bare pool", at_most(TARGET_P50_MS)),
+        # No target: this shows how much of the cost per job the framework alone takes.
+        Figure(f"trivial jobs vs the same HTTP and websocket traffic, {clients}", "jobs/s", many.per_second,
+               bare_api.per_second, "bare Quart API"),
     ]
     skipped: list[Skipped] = []
     celery = await asyncio.to_thread(celery_baseline.measure, plan, servers.directory)
