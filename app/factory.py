@@ -14,7 +14,7 @@ from .flow import FlowControlledConnection, FlowControlledRequest
 from .logs import configure_logging
 from .openapi import install_openapi
 from .page import page
-from .patches import bound_websocket_buffers
+from .patches import bound_websocket_buffers, enlarge_socket_reads
 from .routes import FileNameConverter, api
 from .runtime import Runtime, StartupError
 from .sse import sse
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         app.extensions["offload"] = runtime
         set_allowed_origins(app, runtime.settings.cors_origins)
         bound_websocket_buffers()
+        enlarge_socket_reads()
         await runtime.start()
 
     @app.after_serving
