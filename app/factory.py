@@ -14,7 +14,7 @@ from .flow import FlowControlledConnection, FlowControlledRequest
 from .logs import configure_logging
 from .openapi import install_openapi
 from .page import page
-from .patches import bound_websocket_buffers, decline_websocket_compression
+from .patches import bound_websocket_buffers, decline_websocket_compression, enlarge_socket_reads
 from .routes import FileNameConverter, api
 from .runtime import Runtime, StartupError
 from .sse import sse
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         set_allowed_origins(app, runtime.settings.cors_origins)
         bound_websocket_buffers()
         decline_websocket_compression()
+        enlarge_socket_reads()
         await runtime.start()
 
     @app.after_serving

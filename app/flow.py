@@ -10,12 +10,14 @@ reading the socket and TCP slows the client down.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Generator
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable
 from quart.asgi import ASGIHTTPConnection
 from quart.wrappers import Body, Request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 # Unread body bytes buffered per request before the server stops receiving.
 BODY_BUFFER_BYTES = 1024 * 1024
@@ -24,30 +26,63 @@ BODY_BUFFER_BYTES = 1024 * 1024
 class FlowControlledBody(Body):
     """A request body whose receiver pauses while ``BODY_BUFFER_BYTES`` wait to be read.
 
-    Awaiting the whole body turns flow control off, because that reader takes nothing until the end.
+    It keeps the received messages as they arrived instead of appending them to Quart's bytearray,
+    and iteration yields them one at a time, so reading a body as a stream copies nothing. Awaiting
+    the whole body turns flow control off, because that reader takes nothing until the end.
     """
 
     def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
         super().__init__(expected_content_length, max_content_length)
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
         self._room = asyncio.Event()
         self._room.set()
         self._whole = False
 
     def append(self, data: bytes) -> None:
-        super().append(data)
-        if len(self._data) >= BODY_BUFFER_BYTES and not self._whole:
+        if not data or self._must_raise is not None:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._has_data.set()
+        if self._max_content_length is not None and self._buffered > self._max_content_length:
+            self._must_raise = RequestEntityTooLarge()
+            self.set_complete()
+        if self._buffered >= BODY_BUFFER_BYTES and not self._whole:
             self._room.clear()
 
     async def __anext__(self) -> bytes:
-        try:
-            return await super().__anext__()
-        finally:
+        if self._must_raise is not None:
+            raise self._must_raise
+
+        if not self._chunks and not self._complete.is_set():
+            self._has_data.clear()
+            await self._has_data.wait()
+        if not self._chunks:
+            raise StopAsyncIteration()
+
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._buffered < BODY_BUFFER_BYTES:
             self._room.set()
+        return chunk
 
     def __await__(self) -> Generator[Any, None, Any]:
         self._whole = True
         self._room.set()
-        return super().__await__()
+        if self._must_raise is not None:
+            raise self._must_raise
+
+        yield from self._complete.wait().__await__()
+
+        if self._must_raise is not None:
+            raise self._must_raise
+        return b"".join(self._chunks)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._buffered = 0
+        self._room.set()
 
     async def wait_for_room(self) -> None:
         await self._room.wait()

@@ -145,9 +145,12 @@ class FileSink:
         self._hash = hashlib.sha256()
         self._file = self.partial.open("wb")
 
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
+    def write(self, chunks: list[bytes]) -> None:
+        # CPython 3.11 releases the GIL while it joins 1 MiB or more, hashes more than 2 KiB or
+        # writes to a file, so the event loop runs meanwhile.
+        data = b"".join(chunks)
         self._hash.update(data)
+        self._file.write(data)
         self.size += len(data)
 
     def commit(self) -> str:
@@ -207,26 +210,33 @@ class UploadContext:
 
 
 class BatchedWriter:
-    """Collects chunks and writes them to a ``FileSink`` in batches, off the event loop."""
+    """Collects chunks and writes them to a ``FileSink`` in batches, off the event loop.
+
+    A batch is a list of the received chunks, joined in the worker thread, so the event loop
+    thread does not copy them.
+    """
 
     def __init__(self, sink: FileSink, context: UploadContext) -> None:
         self.sink = sink
         self.context = context
         self.received = 0
-        self._batch = bytearray()
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
 
     async def write(self, chunk: bytes) -> None:
         self.context.quota.charge(self.received + len(chunk), len(chunk))
         self.received += len(chunk)
         if self.context.stopping.is_set():
             raise shutting_down()
-        self._batch += chunk
-        if len(self._batch) >= WRITE_BATCH_BYTES:
+
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= WRITE_BATCH_BYTES:
             await self.flush()
 
     async def flush(self) -> None:
         if self._batch:
-            batch, self._batch = bytes(self._batch), bytearray()
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
             if self.context.write_delay_s:
                 await asyncio.sleep(self.context.write_delay_s)
             await asyncio.to_thread(self.sink.write, batch)
@@ -236,7 +246,7 @@ class BatchedWriter:
         return await asyncio.to_thread(self.sink.commit)
 
     async def discard(self) -> None:
-        self._batch = bytearray()
+        self._batch, self._batch_bytes = [], 0
         await asyncio.to_thread(self.sink.discard)
 
 
