@@ -9,6 +9,8 @@ import json
 import os
 import re
 from collections import Counter
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,14 @@ from ._csv_columns import ColumnStats
 from .registry import JobKind
 
 SAMPLE_BYTES = 64 * 1024
-# Rows between progress reports and cancellation checks.
-ROWS_PER_CHECK = 256
+# Rows are read in chunks of about CHUNK_CELLS cells, with a progress report and a cancellation
+# check after each. MIN_CHUNK_ROWS bounds the fixed cost per chunk and column on wide files.
+# MAX_CHUNK_ROWS stays below the 700 new container objects (gc.get_threshold()[0]) that start a
+# garbage collection, so a chunk's rows are freed before any collection scans them. With 4,096-row
+# chunks, collections took 0.16 s of 1.4 s on zipcodes.csv repeated to 32 MiB.
+CHUNK_CELLS = 2048
+MIN_CHUNK_ROWS = 64
+MAX_CHUNK_ROWS = 512
 OUTPUT_NAME = "profile.json"
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -150,26 +158,24 @@ def _profile_with(context: JobContext, path: Path, encoding: str, params: CsvPro
     with path.open("rb") as raw, io.TextIOWrapper(raw, encoding=encoding, newline="") as text:
         reader = csv.reader(text, delimiter=delimiter)
         if params.header:
-            names = next(_rows(reader), [])
+            header = _read_rows(reader, 1)
+            names = header[0] if header else []
             columns = [ColumnStats(name or f"column_{index + 1}", params.max_distinct)
                        for index, name in enumerate(names)]
 
-        for row in _rows(reader):
-            if not row:
-                continue
-            rows += 1
-            if len(row) != len(columns):
-                if columns:
-                    ragged_rows += 1
-                while len(columns) < len(row):
-                    columns.append(ColumnStats(f"column_{len(columns) + 1}", params.max_distinct))
-                for column in columns[len(row):]:
-                    column.nulls += 1
-            for column, cell in zip(columns, row):
-                column.add(cell)
-            if rows % ROWS_PER_CHECK == 0:
-                context.progress(raw.tell(), total, "bytes", f"{rows} rows")
-                context.check_cancelled()
+        while chunk := _read_rows(reader, _chunk_rows(len(columns))):
+            widths = set(map(len, chunk))
+            if 0 in widths:
+                # csv.reader returns an empty list for a blank line, which is not a row.
+                chunk = list(filter(None, chunk))
+                widths.discard(0)
+            rows += len(chunk)
+            if widths == {len(columns)}:
+                _add_rows(columns, chunk)
+            elif chunk:
+                ragged_rows += _add_ragged_rows(columns, chunk, params.max_distinct)
+            context.progress(raw.tell(), total, "bytes", f"{rows} rows")
+            context.check_cancelled()
 
     context.progress(total, total, "bytes", f"{rows} rows")
     return {
@@ -181,16 +187,53 @@ def _profile_with(context: JobContext, path: Path, encoding: str, params: CsvPro
     }
 
 
-def _rows(reader: Any) -> Any:
-    """Iterate a csv reader, turning its errors into ``ValueError`` naming the line."""
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise ValueError(f"line {reader.line_num}: {error}; the file may not be CSV, or a quote is "
-                             "never closed") from None
+def _read_rows(reader: Any, count: int) -> list[list[str]]:
+    """Read up to ``count`` rows, turning the csv reader's errors into ``ValueError`` naming the line."""
+    try:
+        return list(islice(reader, count))
+    except csv.Error as error:
+        raise ValueError(f"line {reader.line_num}: {error}; the file may not be CSV, or a quote is "
+                         "never closed") from None
+
+
+def _chunk_rows(width: int) -> int:
+    """Return how many rows to read next: about ``CHUNK_CELLS`` cells, or one row while the width is unknown."""
+    if width == 0:
+        return 1
+    return min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, CHUNK_CELLS // width))
+
+
+def _add_rows(columns: list[ColumnStats], chunk: list[list[str]]) -> None:
+    """Add rows that each have one cell per column."""
+    for index, column in enumerate(columns):
+        column.add(map(itemgetter(index), chunk), len(chunk))
+
+
+def _add_ragged_rows(columns: list[ColumnStats], chunk: list[list[str]], max_distinct: int) -> int:
+    """Add rows of any width, and return how many differ from the columns known when each was read.
+
+    A short row is padded with empty cells, which count as nulls. A long row adds columns, which
+    start at that row, so the rows before it add no nulls to them.
+    """
+    ragged_rows = 0
+    same_width: list[list[str]] = []
+    for row in chunk:
+        if len(row) != len(columns):
+            if columns:
+                ragged_rows += 1
+            if len(row) > len(columns):
+                if same_width:
+                    _add_rows(columns, same_width)
+                same_width = []
+                columns.extend(ColumnStats(f"column_{index + 1}", max_distinct)
+                               for index in range(len(columns), len(row)))
+            else:
+                row = row + [""] * (len(columns) - len(row))
+        same_width.append(row)
+
+    if same_width:
+        _add_rows(columns, same_width)
+    return ragged_rows
 
 
 def _sample_text(sample: bytes, encoding: str) -> str:
