@@ -52,14 +52,23 @@ class Moments:
     @classmethod
     def of(cls, numbers: list[float]) -> Moments:
         """Compute the moments of ``numbers`` in two passes of exactly rounded sums."""
-        return cls.of_counts(numbers, [1] * len(numbers))
+        if not numbers:
+            return cls()
+
+        try:
+            mean = math.fsum(numbers) / len(numbers)
+            deviations = list(map(sub, numbers, repeat(mean)))
+            return cls(len(numbers), mean, math.fsum(map(mul, deviations, deviations)))
+        except OverflowError:
+            # fsum raises when a partial sum passes the float range, but Welford's running mean stays within it.
+            return cls._welford(numbers)
 
     @classmethod
     def of_counts(cls, numbers: list[float], counts: list[int]) -> Moments:
         """Compute the moments of ``numbers`` where ``numbers[i]`` occurs ``counts[i]`` times."""
         total = sum(counts)
-        if total == 0:
-            return cls()
+        if total == len(numbers):
+            return cls.of(numbers)
 
         try:
             mean = math.fsum(chain.from_iterable(map(repeat, numbers, counts))) / total
@@ -67,7 +76,6 @@ class Moments:
             squares = map(mul, deviations, deviations)
             return cls(total, mean, math.fsum(map(mul, squares, counts)))
         except OverflowError:
-            # fsum raises when a partial sum passes the float range, but Welford's running mean stays within it.
             return cls._welford(chain.from_iterable(map(repeat, numbers, counts)))
 
     @classmethod
@@ -255,24 +263,35 @@ class ColumnStats:
         counts = self.counts
         self.nulls += values.count("")
 
-        room = self.max_distinct - len(counts)
-        first_seen = dict.fromkeys(values)
-        first_seen.pop("", None)
-        new_values = list(filterfalse(counts.__contains__, first_seen))
-        admitted = new_values[:room]
-        for value in admitted:
-            counts[value] = 0
+        if len(counts) < self.max_distinct:
+            self._admit_new_values(values)
         counts.update(filter(counts.__contains__, values))
-        self.types.narrow(admitted)
-        if len(new_values) <= room:
+        if len(counts) < self.max_distinct:
             return
 
         uncounted = list(filter(None, filterfalse(counts.__contains__, values)))
+        if not uncounted:
+            return
+
         self.distinct_exact = False
         self.uncounted += len(uncounted)
         self.types.narrow(list(dict.fromkeys(uncounted)))
         if "float" in self.types.candidates:
             self.uncounted_moments.merge(Moments.of(list(map(float, uncounted))))
+
+    def _admit_new_values(self, values: list[str]) -> None:
+        """Add the chunk's new values to ``counts`` with a count of 0, until it contains ``max_distinct``.
+
+        A value is counted when it first appears while there is room, so the chunk's first new values
+        are admitted in order of appearance, and the rest are left out.
+        """
+        first_seen = dict.fromkeys(values)
+        first_seen.pop("", None)
+        room = self.max_distinct - len(self.counts)
+        admitted = list(islice(filterfalse(self.counts.__contains__, first_seen), room))
+        for value in admitted:
+            self.counts[value] = 0
+        self.types.narrow(admitted)
 
     def column_type(self) -> str:
         if not self.counts and not self.uncounted:
