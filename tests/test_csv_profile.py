@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import queue
+import statistics
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.workers.context import JobContext
+from app.workers import csv_profile
+from app.workers.context import JobCancelled, JobContext
 from app.workers.csv_profile import CsvProfileParams, detect_delimiter, detect_encoding, profile_csv
 
 from .conftest import DATA
@@ -161,3 +164,130 @@ def test_oversized_field_names_the_line(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ValueError, match="line [0-9]+: field larger than field limit"):
             profile(path, tmp_path)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read three rows per chunk, so a few rows cross several chunk boundaries."""
+    monkeypatch.setattr(csv_profile, "MIN_CHUNK_ROWS", 3)
+    monkeypatch.setattr(csv_profile, "MAX_CHUNK_ROWS", 3)
+
+
+def test_type_change_after_first_chunk(tmp_path: Path, small_chunks: None) -> None:
+    path = tmp_path / "late.csv"
+    path.write_text("code,amount\n" + "".join(f"{index},{index}\n" for index in range(10)) + "n/a,2.5\n")
+    result = profile(path, tmp_path)
+    code = column(result, "code")
+    amount = column(result, "amount")
+    values = [*range(10), 2.5]
+    assert code["type"] == "string"
+    assert code["mean"] is None
+    assert code["min"] is None
+    assert amount["type"] == "float"
+    assert amount["min"] == 0.0
+    assert amount["max"] == 9.0
+    assert amount["mean"] == pytest.approx(statistics.fmean(values), rel=1e-15)
+    assert amount["stddev"] == pytest.approx(statistics.stdev(values), rel=1e-15)
+
+
+def test_ragged_rows_across_chunks(tmp_path: Path, small_chunks: None) -> None:
+    path = tmp_path / "ragged.csv"
+    lines = ["a,b", "1,2", "3", "4,5", "6,7", "8,9,x", "10,11", "12", "", "13,14,y,z", "15,16,w,v"]
+    path.write_text("\n".join(lines) + "\n")
+    result = profile(path, tmp_path)
+    assert result["rows"] == 9
+    assert result["ragged_rows"] == 5
+    assert [item["name"] for item in result["columns"]] == ["a", "b", "column_3", "column_4"]
+    assert column(result, "b")["nulls"] == 2
+    assert column(result, "b")["max"] == 16
+    # A column added by a long row starts there: rows before it add no nulls.
+    assert column(result, "column_3")["nulls"] == 2
+    assert column(result, "column_3")["top"] == [{"value": "x", "count": 1}, {"value": "y", "count": 1},
+                                                 {"value": "w", "count": 1}]
+    assert column(result, "column_4")["nulls"] == 0
+    assert column(result, "column_4")["distinct"] == 2
+
+
+def test_distinct_cap_inside_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "cap.csv"
+    path.write_text("n,label\n" + "".join(f"{index},{index}\n" for index in range(1, 100)) + "100,late\n")
+    result = profile(path, tmp_path, max_distinct=10, top=3)
+    number = column(result, "n")
+    assert number["distinct"] == 10
+    assert number["distinct_exact"] is False
+    assert number["top"] == [{"value": "1", "count": 1}, {"value": "2", "count": 1}, {"value": "3", "count": 1}]
+    # Values past the cap are not counted, but they still set the type, range and mean.
+    assert number["type"] == "integer"
+    assert number["max"] == 100
+    assert number["mean"] == pytest.approx(50.5, rel=1e-15)
+    assert number["stddev"] == pytest.approx(statistics.stdev(range(1, 101)), rel=1e-15)
+    assert column(result, "label")["type"] == "string"
+
+
+def test_distinct_cap_across_chunks(tmp_path: Path, small_chunks: None) -> None:
+    path = tmp_path / "cap.csv"
+    path.write_text("v\n" + "".join(f"{value}\n" for value in ["b", "a", "c", "a", "d", "b", "e", "d", "c"]))
+    result = profile(path, tmp_path, max_distinct=3)
+    value = column(result, "v")
+    assert value["distinct"] == 3
+    assert value["distinct_exact"] is False
+    assert value["top"] == [{"value": "b", "count": 2}, {"value": "a", "count": 2}, {"value": "c", "count": 2}]
+
+
+def test_padded_values_merge_across_chunks(tmp_path: Path, small_chunks: None) -> None:
+    path = tmp_path / "padded.csv"
+    path.write_text("v\nb\na\nb\n a\na \n \n")
+    result = profile(path, tmp_path)
+    value = column(result, "v")
+    assert value["nulls"] == 1
+    assert value["distinct"] == 2
+    # Equal counts keep the order of first appearance.
+    assert value["top"] == [{"value": "a", "count": 3}, {"value": "b", "count": 2}]
+
+
+def test_equal_datetimes_keep_first_text(tmp_path: Path) -> None:
+    path = tmp_path / "instants.csv"
+    path.write_text("t\n2024-01-01T11:00:00+01:00\n2024-01-01T10:00:00Z\n2024-01-01T10:00:00+00:00\n")
+    result = profile(path, tmp_path)
+    assert column(result, "t")["type"] == "datetime"
+    assert column(result, "t")["min"] == "2024-01-01T11:00:00+01:00"
+    assert column(result, "t")["max"] == "2024-01-01T11:00:00+01:00"
+
+
+def test_sum_past_float_range(tmp_path: Path) -> None:
+    path = tmp_path / "large.csv"
+    path.write_text("x\n1e308\n1e308\n1.6e308\n")
+    result = profile(path, tmp_path)
+    assert column(result, "x")["type"] == "float"
+    assert column(result, "x")["mean"] == pytest.approx(1.2e308)
+    assert column(result, "x")["max"] == 1.6e308
+
+
+def test_integer_past_int_digit_limit(tmp_path: Path) -> None:
+    path = tmp_path / "digits.csv"
+    path.write_text("id\n" + "1" * 5000 + "\n")
+    result = profile(path, tmp_path)
+    assert column(result, "id")["type"] == "string"
+
+
+def test_cancelled_between_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "long.csv"
+    lines = (DATA / "zipcodes.csv").read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"".join(lines[1:]) * 4)
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    cancel_flags: dict[str, bool] = {}
+
+    class CancelAfterFirstChunk(JobContext):
+        def progress(self, done: int, total: int | None = None, unit: str = "bytes", message: str = "") -> None:
+            super().progress(done, total, unit, message)
+            cancel_flags[self.job_id] = True
+
+    context = CancelAfterFirstChunk("job", "session", tmp_path / "out", events, cancel_flags)
+    context.output_dir.mkdir()
+    with pytest.raises(JobCancelled):
+        profile_csv(context, [path], CsvProfileParams())
+
+    progress = [event["progress"] for event in events.queue if event["type"] == "progress"]
+    assert progress
+    assert progress[-1]["done"] < path.stat().st_size
+    assert not (context.output_dir / "profile.json").exists()

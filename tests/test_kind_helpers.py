@@ -12,7 +12,7 @@ from app.errors import ApiError
 from app.names import MAX_OUTPUT_NAME_BYTES, disk_name
 from app.validation import apply_caps, check_capped_params
 from app.workers.context import JobContext, atomic_output
-from app.workers.registry import JobKind, KindError
+from app.workers.registry import JobKind, KindError, builtin_modules, discover_kinds
 
 
 class CappedParams(BaseModel):
@@ -76,3 +76,9 @@ def test_invalid_caps_rejected(caps: dict[str, str], message: str) -> None:
     kind = JobKind("capped", capped, CappedParams, "test", capped_params=caps)
     with pytest.raises(KindError, match=message):
         check_capped_params([kind])
+
+
+def test_builtin_kinds_all_load() -> None:
+    kinds = discover_kinds()
+    assert {"compress", "csv-profile", "decompress", "hash", "image-thumbnails"} <= set(kinds)
+    assert not [name for name in builtin_modules() if name.rpartition(".")[2].startswith("_")]

@@ -6,35 +6,32 @@ import codecs
 import csv
 import io
 import json
-import math
 import os
 import re
 from collections import Counter
-from datetime import date, datetime
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .context import JobContext
+from ._csv_columns import ColumnStats
 from .registry import JobKind
 
 SAMPLE_BYTES = 64 * 1024
-# Rows between progress reports and cancellation checks.
-ROWS_PER_CHECK = 256
+# Rows are read in chunks of about CHUNK_CELLS cells, with a progress report and a cancellation
+# check after each. MIN_CHUNK_ROWS bounds the fixed cost per chunk and column on wide files.
+# MAX_CHUNK_ROWS stays below the 700 new container objects (gc.get_threshold()[0]) that start a
+# garbage collection, so a chunk's rows are freed before any collection scans them. With 4,096-row
+# chunks, collections took 0.16 s of 1.4 s on zipcodes.csv repeated to 32 MiB.
+CHUNK_CELLS = 2048
+MIN_CHUNK_ROWS = 64
+MAX_CHUNK_ROWS = 512
 OUTPUT_NAME = "profile.json"
 
 DELIMITERS = (",", ";", "\t", "|")
-TYPE_ORDER = ("boolean", "integer", "float", "date", "datetime")
-BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no"})
-
-# Integers and decimals with a leading zero ("00501", "007.5") are codes, not numbers.
-INTEGER_RE = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
-FLOAT_RE = re.compile(r"[+-]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-DATETIME_RE = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?"
-)
 
 
 class CsvProfileParams(BaseModel):
@@ -78,124 +75,6 @@ class CsvProfileParams(BaseModel):
             raise ValueError(f"delimiter {delimiter!r} cannot separate fields, because it quotes values or "
                              "ends rows; use , ; tab or |")
         return delimiter
-
-
-class ColumnStats:
-    """Running statistics of one column, updated one cell at a time."""
-
-    def __init__(self, name: str, max_distinct: int) -> None:
-        self.name = name
-        self.max_distinct = max_distinct
-        self.nulls = 0
-        self.values = 0
-        self.counts: Counter[str] = Counter()
-        self.distinct_exact = True
-        self.candidates = set(TYPE_ORDER)
-        self.number_count = 0
-        self.mean = 0.0
-        self.m2 = 0.0
-        self.number_min: float | None = None
-        self.number_max: float | None = None
-        self.integer_min: int | None = None
-        self.integer_max: int | None = None
-        self.temporal_min: tuple[Any, str] | None = None
-        self.temporal_max: tuple[Any, str] | None = None
-
-    def add(self, cell: str) -> None:
-        value = cell.strip()
-        if not value:
-            self.nulls += 1
-            return
-
-        self.values += 1
-        if value in self.counts or len(self.counts) < self.max_distinct:
-            self.counts[value] += 1
-        else:
-            self.distinct_exact = False
-        if self.candidates:
-            self._narrow(value)
-
-    def _narrow(self, value: str) -> None:
-        candidates = self.candidates
-        if "boolean" in candidates and value.lower() not in BOOLEAN_WORDS:
-            candidates.discard("boolean")
-        if "integer" in candidates:
-            if INTEGER_RE.fullmatch(value):
-                number = int(value)
-                self.integer_min = number if self.integer_min is None else min(self.integer_min, number)
-                self.integer_max = number if self.integer_max is None else max(self.integer_max, number)
-            else:
-                candidates.discard("integer")
-        if "float" in candidates:
-            number = float(value) if FLOAT_RE.fullmatch(value) else math.nan
-            if math.isfinite(number):
-                self._add_number(number)
-            else:
-                # Past the float range ("1e999", a 400-digit id) a value is text, not a number.
-                candidates.discard("float")
-                candidates.discard("integer")
-        if "date" in candidates:
-            self._add_temporal("date", value, DATE_RE, date.fromisoformat)
-        if "datetime" in candidates:
-            self._add_temporal("datetime", value, DATETIME_RE, datetime.fromisoformat)
-
-    def _add_number(self, number: float) -> None:
-        # Welford's online algorithm keeps the variance stable over millions of rows.
-        self.number_count += 1
-        delta = number - self.mean
-        self.mean += delta / self.number_count
-        self.m2 += delta * (number - self.mean)
-        self.number_min = number if self.number_min is None else min(self.number_min, number)
-        self.number_max = number if self.number_max is None else max(self.number_max, number)
-
-    def _add_temporal(self, kind: str, value: str, pattern: re.Pattern[str], parse: Any) -> None:
-        if not pattern.fullmatch(value):
-            self.candidates.discard(kind)
-            return
-        try:
-            parsed = parse(value)
-            if self.temporal_min is None or parsed < self.temporal_min[0]:
-                self.temporal_min = (parsed, value)
-            if self.temporal_max is None or parsed > self.temporal_max[0]:
-                self.temporal_max = (parsed, value)
-        except (ValueError, TypeError):
-            # An impossible date, or naive and aware datetimes mixed in one column.
-            self.candidates.discard(kind)
-
-    def column_type(self) -> str:
-        if self.values == 0:
-            return "string"
-        return next((name for name in TYPE_ORDER if name in self.candidates), "string")
-
-    def report(self, top: int) -> dict[str, Any]:
-        column_type = self.column_type()
-        minimum: Any = None
-        maximum: Any = None
-        mean: float | None = None
-        stddev: float | None = None
-        if column_type == "integer":
-            minimum, maximum = self.integer_min, self.integer_max
-        elif column_type == "float":
-            minimum, maximum = self.number_min, self.number_max
-        elif column_type in ("date", "datetime") and self.temporal_min and self.temporal_max:
-            minimum, maximum = self.temporal_min[1], self.temporal_max[1]
-        if column_type in ("integer", "float"):
-            mean = self.mean
-            # Sample standard deviation (n - 1), as pandas and R report it.
-            stddev = math.sqrt(self.m2 / (self.number_count - 1)) if self.number_count > 1 else None
-
-        return {
-            "name": self.name,
-            "type": column_type,
-            "nulls": self.nulls,
-            "distinct": len(self.counts),
-            "distinct_exact": self.distinct_exact,
-            "min": minimum,
-            "max": maximum,
-            "mean": mean,
-            "stddev": stddev,
-            "top": [{"value": value, "count": count} for value, count in self.counts.most_common(top)],
-        }
 
 
 def detect_encoding(sample: bytes, at_end: bool) -> str:
@@ -279,26 +158,24 @@ def _profile_with(context: JobContext, path: Path, encoding: str, params: CsvPro
     with path.open("rb") as raw, io.TextIOWrapper(raw, encoding=encoding, newline="") as text:
         reader = csv.reader(text, delimiter=delimiter)
         if params.header:
-            names = next(_rows(reader), [])
+            header = _read_rows(reader, 1)
+            names = header[0] if header else []
             columns = [ColumnStats(name or f"column_{index + 1}", params.max_distinct)
                        for index, name in enumerate(names)]
 
-        for row in _rows(reader):
-            if not row:
-                continue
-            rows += 1
-            if len(row) != len(columns):
-                if columns:
-                    ragged_rows += 1
-                while len(columns) < len(row):
-                    columns.append(ColumnStats(f"column_{len(columns) + 1}", params.max_distinct))
-                for column in columns[len(row):]:
-                    column.nulls += 1
-            for column, cell in zip(columns, row):
-                column.add(cell)
-            if rows % ROWS_PER_CHECK == 0:
-                context.progress(raw.tell(), total, "bytes", f"{rows} rows")
-                context.check_cancelled()
+        while chunk := _read_rows(reader, _chunk_rows(len(columns))):
+            widths = set(map(len, chunk))
+            if 0 in widths:
+                # csv.reader returns an empty list for a blank line, which is not a row.
+                chunk = list(filter(None, chunk))
+                widths.discard(0)
+            rows += len(chunk)
+            if widths == {len(columns)}:
+                _add_rows(columns, chunk)
+            elif chunk:
+                ragged_rows += _add_ragged_rows(columns, chunk, params.max_distinct)
+            context.progress(raw.tell(), total, "bytes", f"{rows} rows")
+            context.check_cancelled()
 
     context.progress(total, total, "bytes", f"{rows} rows")
     return {
@@ -310,16 +187,53 @@ def _profile_with(context: JobContext, path: Path, encoding: str, params: CsvPro
     }
 
 
-def _rows(reader: Any) -> Any:
-    """Iterate a csv reader, turning its errors into ``ValueError`` naming the line."""
-    while True:
-        try:
-            yield next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise ValueError(f"line {reader.line_num}: {error}; the file may not be CSV, or a quote is "
-                             "never closed") from None
+def _read_rows(reader: Any, count: int) -> list[list[str]]:
+    """Read up to ``count`` rows, turning the csv reader's errors into ``ValueError`` naming the line."""
+    try:
+        return list(islice(reader, count))
+    except csv.Error as error:
+        raise ValueError(f"line {reader.line_num}: {error}; the file may not be CSV, or a quote is "
+                         "never closed") from None
+
+
+def _chunk_rows(width: int) -> int:
+    """Return how many rows to read next: about ``CHUNK_CELLS`` cells, or one row while the width is unknown."""
+    if width == 0:
+        return 1
+    return min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, CHUNK_CELLS // width))
+
+
+def _add_rows(columns: list[ColumnStats], chunk: list[list[str]]) -> None:
+    """Add rows that each have one cell per column."""
+    for index, column in enumerate(columns):
+        column.add(map(itemgetter(index), chunk), len(chunk))
+
+
+def _add_ragged_rows(columns: list[ColumnStats], chunk: list[list[str]], max_distinct: int) -> int:
+    """Add rows of any width, and return how many differ from the columns known when each was read.
+
+    A short row is padded with empty cells, which count as nulls. A long row adds columns, which
+    start at that row, so the rows before it add no nulls to them.
+    """
+    ragged_rows = 0
+    same_width: list[list[str]] = []
+    for row in chunk:
+        if len(row) != len(columns):
+            if columns:
+                ragged_rows += 1
+            if len(row) > len(columns):
+                if same_width:
+                    _add_rows(columns, same_width)
+                same_width = []
+                columns.extend(ColumnStats(f"column_{index + 1}", max_distinct)
+                               for index in range(len(columns), len(row)))
+            else:
+                row = row + [""] * (len(columns) - len(row))
+        same_width.append(row)
+
+    if same_width:
+        _add_rows(columns, same_width)
+    return ragged_rows
 
 
 def _sample_text(sample: bytes, encoding: str) -> str:

@@ -93,10 +93,12 @@ def find_kind(module_name: str, name: str) -> JobKind:
 
 
 def builtin_modules() -> list[str]:
+    """Return the kind modules of this package: all but the job machinery and private helper modules."""
     package = __name__.rpartition(".")[0]
     path = importlib.import_module(package).__path__
     skip = {"context", "registry", "runner"}
-    return [f"{package}.{info.name}" for info in pkgutil.iter_modules(path) if info.name not in skip]
+    return [f"{package}.{info.name}" for info in pkgutil.iter_modules(path)
+            if info.name not in skip and not info.name.startswith("_")]
 
 
 def discover_kinds(extra_modules: Iterable[str] = ()) -> dict[str, JobKind]:
