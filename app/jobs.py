@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +80,8 @@ class JobService:
         self._settings = settings
         self._metrics = metrics
         self._queued: deque[str] = deque()
+        # Session id -> its jobs in ``_queued``, so the per-session limit costs no scan of the queue.
+        self._queued_by_session: Counter[str] = Counter()
         self._running: dict[str, RunningJob] = {}
         self._ended: dict[str, asyncio.Event] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -129,7 +131,7 @@ class JobService:
         record = self._new_record(session, kind, request.inputs, params.model_dump(mode="json"), timeout_s)
         self._store.put_job(record)
         self._publish_state(record)
-        self._queued.append(record["job_id"])
+        self._enqueue(record)
         logger.info("queued: kind %s, inputs %s, time limit %.0f s", kind.name, request.inputs, timeout_s,
                     extra=log_ids(session.session_id, record["job_id"]))
         self._dispatch()
@@ -140,11 +142,22 @@ class JobService:
         if len(self._queued) >= self._settings.max_queued_jobs:
             raise ApiError(429, "too_many_jobs", f"{len(self._queued)} jobs are queued, the server maximum "
                            f"({option_names('max_queued_jobs')}); retry later", headers)
-        queued_here = sum(1 for job_id in self._queued if self._store.jobs[job_id]["session_id"]
-                          == session.session_id)
+        queued_here = self._queued_by_session[session.session_id]
         if queued_here >= self._settings.max_queued_jobs_per_session:
             raise ApiError(429, "too_many_jobs", f"this session has {queued_here} queued jobs, the maximum "
                            f"({option_names('max_queued_jobs_per_session')}); retry later", headers)
+
+    def _enqueue(self, record: Record, front: bool = False) -> None:
+        if front:
+            self._queued.appendleft(record["job_id"])
+        else:
+            self._queued.append(record["job_id"])
+        self._queued_by_session[record["session_id"]] += 1
+
+    def _count_dequeued(self, session_id: str) -> None:
+        self._queued_by_session[session_id] -= 1
+        if self._queued_by_session[session_id] <= 0:
+            del self._queued_by_session[session_id]
 
     def _new_record(self, session: Session, kind: JobKind, inputs: list[str], params: dict[str, Any],
                     timeout_s: float) -> Record:
@@ -180,6 +193,7 @@ class JobService:
 
         if record["state"] == QUEUED:
             self._queued.remove(job_id)
+            self._count_dequeued(session.session_id)
             logger.info("cancelled while queued", extra=log_ids(session.session_id, job_id))
             return self._set_state(record, CANCELLED, finished_at=time.time())
 
@@ -273,6 +287,7 @@ class JobService:
                 return
             job_id = self._queued.popleft()
             record = self._store.jobs[job_id]
+            self._count_dequeued(record["session_id"])
             worker.job_id = job_id
             running = self._running[job_id] = RunningJob(job_id, record["session_id"], record["kind"], worker)
             self._set_state(record, RUNNING, started_at=time.time(), attempts=record["attempts"] + 1)
@@ -444,10 +459,7 @@ class JobService:
         attempts = record["attempts"] if outcome["retry"] else record["attempts"] - 1
         self._set_state(record, QUEUED, attempts=attempts, started_at=None,
                         progress={"done": 0, "total": None, "unit": "", "message": ""})
-        if outcome["retry"]:
-            self._queued.append(record["job_id"])
-        else:
-            self._queued.appendleft(record["job_id"])
+        self._enqueue(record, front=not outcome["retry"])
 
     # State changes
 
@@ -511,6 +523,7 @@ class JobService:
             logger.info("interrupting %d queued jobs", len(self._queued))
         while self._queued:
             record = self._store.jobs[self._queued.popleft()]
+            self._count_dequeued(record["session_id"])
             self._set_state(record, INTERRUPTED, finished_at=time.time(), error={
                 "type": "Interrupted", "message": "the server stopped before the job started"})
         tasks = self._tasks()

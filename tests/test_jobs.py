@@ -67,13 +67,18 @@ def test_queue_limit_per_session(server_factory: object) -> None:
     api = Api(server)
     blocker = api.start("spin", [], seconds=30)
     api.wait_job(blocker["job_id"], states=frozenset({"running"}))
-    api.start("spin", [], seconds=0)
+    queued = api.start("spin", [], seconds=0)
     api.start("spin", [], seconds=0)
 
     response = api.client.post(f"{api.prefix}/jobs", json={"kind": "spin", "inputs": []})
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1"
     assert "--max-queued-jobs-per-session" in response.json()["error"]["message"]
+
+    # A cancelled queued job gives its place back.
+    assert api.client.post(f"{api.prefix}/jobs/{queued['job_id']}/cancel").status_code == 202
+    assert api.client.post(f"{api.prefix}/jobs", json={"kind": "spin", "inputs": []}).status_code == 202
+    assert api.client.post(f"{api.prefix}/jobs", json={"kind": "spin", "inputs": []}).status_code == 429
 
     # Another session still has room, below the server-wide limit.
     other = Api(server)
