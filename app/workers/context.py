@@ -74,9 +74,7 @@ class JobContext:
         self._cancel_flags = cancel_flags
         self._last_sent_at = float("-inf")
         self._last_sent: tuple[int, int | None, str, str] | None = None
-        # The first read of the shared flag waits one poll interval, because a job shorter than that
-        # ends before a cancel request could matter, and the read is a round trip to the Manager.
-        self._cancel_checked_at = time.monotonic()
+        self._cancel_checked_at = float("-inf")
         self._cancelled = False
         # Events this job put on the queue; the runner sends the end marker only after some.
         self.events_sent = 0
@@ -105,10 +103,7 @@ class JobContext:
                     "progress": {"done": done, "total": total, "unit": unit, "message": message}})
 
     def cancelled(self) -> bool:
-        """Return whether the job was asked to stop, reading the shared flag at most every 50 ms.
-
-        The first read comes 50 ms after the job started, so a shorter job never reads the flag.
-        """
+        """Return whether the job was asked to stop, reading the shared flag at most every 50 ms."""
         if self._cancelled or self._cancel_flags is None:
             return self._cancelled
 

@@ -134,6 +134,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _execute(context: JobContext, spec: dict[str, Any]) -> dict[str, Any]:
     try:
+        if context.cancelled():
+            return {"status": "cancelled"}
         kind = find_kind(spec["module"], spec["kind"])
         params = kind.params.model_validate(spec["params"])
         context.output_dir.mkdir(parents=True, exist_ok=True)
