@@ -21,19 +21,33 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 # Unread body bytes buffered per request before the server stops receiving.
 BODY_BUFFER_BYTES = 1024 * 1024
+# Messages smaller than this are appended to the previous small one, so a client that sends a body
+# in 1-byte chunks does not make the server keep a Python object per byte.
+MERGE_BELOW_BYTES = 64 * 1024
+
+
+def append_chunk(chunks: deque[bytes | bytearray] | list[bytes | bytearray], data: bytes) -> None:
+    """Append ``data`` to ``chunks``, or extend the last chunk with it when both are small."""
+    if len(data) >= MERGE_BELOW_BYTES:
+        chunks.append(data)
+    elif chunks and isinstance(chunks[-1], bytearray) and len(chunks[-1]) < MERGE_BELOW_BYTES:
+        chunks[-1] += data
+    else:
+        chunks.append(bytearray(data))
 
 
 class FlowControlledBody(Body):
     """A request body whose receiver pauses while ``BODY_BUFFER_BYTES`` wait to be read.
 
     It keeps the received messages as they arrived instead of appending them to Quart's bytearray,
-    and iteration yields them one at a time, so reading a body as a stream copies nothing. Awaiting
+    and iteration yields them one at a time, so reading a body as a stream copies nothing. Small
+    messages are merged (``append_chunk``), which copies only those. Awaiting
     the whole body turns flow control off, because that reader takes nothing until the end.
     """
 
     def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
         super().__init__(expected_content_length, max_content_length)
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | bytearray] = deque()
         self._buffered = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -42,7 +56,7 @@ class FlowControlledBody(Body):
     def append(self, data: bytes) -> None:
         if not data or self._must_raise is not None:
             return
-        self._chunks.append(data)
+        append_chunk(self._chunks, data)
         self._buffered += len(data)
         self._has_data.set()
         if self._max_content_length is not None and self._buffered > self._max_content_length:
@@ -65,7 +79,8 @@ class FlowControlledBody(Body):
         self._buffered -= len(chunk)
         if self._buffered < BODY_BUFFER_BYTES:
             self._room.set()
-        return chunk
+        # A merged chunk is a bytearray of at most about 64 KiB, and readers get bytes, as from Quart.
+        return bytes(chunk) if isinstance(chunk, bytearray) else chunk
 
     def __await__(self) -> Generator[Any, None, Any]:
         self._whole = True

@@ -22,6 +22,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 
 from .config import Settings, option_names
 from .errors import ApiError, bad_request, quoted
+from .flow import append_chunk
 from .sessions import Session
 
 # Bytes gathered before one write; each write is a hop to a worker thread, so small network
@@ -145,7 +146,7 @@ class FileSink:
         self._hash = hashlib.sha256()
         self._file = self.partial.open("wb")
 
-    def write(self, chunks: list[bytes]) -> None:
+    def write(self, chunks: list[bytes | bytearray]) -> None:
         # CPython 3.11 releases the GIL while it joins 1 MiB or more, hashes more than 2 KiB or
         # writes to a file, so the event loop runs meanwhile.
         data = b"".join(chunks)
@@ -220,7 +221,7 @@ class BatchedWriter:
         self.sink = sink
         self.context = context
         self.received = 0
-        self._batch: list[bytes] = []
+        self._batch: list[bytes | bytearray] = []
         self._batch_bytes = 0
 
     async def write(self, chunk: bytes) -> None:
@@ -229,7 +230,7 @@ class BatchedWriter:
         if self.context.stopping.is_set():
             raise shutting_down()
 
-        self._batch.append(chunk)
+        append_chunk(self._batch, chunk)
         self._batch_bytes += len(chunk)
         if self._batch_bytes >= WRITE_BATCH_BYTES:
             await self.flush()

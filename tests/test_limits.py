@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import threading
@@ -207,3 +208,22 @@ def test_parallel_uploads_share_session_bytes(quota_server: Server, framing: str
         # Without a declared length both may hit the limit at the same chunk; neither may pass it.
         assert results.count(201) <= 1
         assert 413 in results
+
+
+def test_tiny_chunks_keep_memory_flat(server: Server) -> None:
+    """A body sent as 1-byte chunks is stored whole, without a Python object per chunk on the server."""
+    api = Api(server)
+    count = 250_000
+    body = b"1\r\nx\r\n" * count + b"0\r\n\r\n"
+    head = (f"PUT {api.prefix}/files/tiny.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {api.token}\r\nTransfer-Encoding: chunked\r\n")
+    with PeakMemory(server.process.pid) as memory:
+        sock = raw_request(server, head, body)
+        status, received = read_status(sock, timeout=60)
+        sock.close()
+
+    assert status == 201, received
+    record = api.client.get(f"{api.prefix}/files").json()["files"][-1]
+    assert record["size"] == count
+    assert record["sha256"] == hashlib.sha256(b"x" * count).hexdigest()
+    assert memory.growth < 8 * MiB, f"server grew by {memory.growth / MiB:.1f} MiB"
