@@ -7,6 +7,7 @@ module turns events and worker results into new records.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter, deque
@@ -84,6 +85,8 @@ class JobService:
         self._queued_by_session: Counter[str] = Counter()
         self._running: dict[str, RunningJob] = {}
         self._ended: dict[str, asyncio.Event] = {}
+        # Each run of a job gets the next mark, which its worker stores as it starts the job.
+        self._marks = itertools.count(1)
         self._watcher: asyncio.Task[None] | None = None
         self.accepting = True
         self.stopping = False
@@ -325,6 +328,7 @@ class JobService:
         spec = {
             "job_id": running.job_id,
             "session_id": record["session_id"],
+            "mark": next(self._marks),
             "module": self._kinds[record["kind"]].module,
             "kind": record["kind"],
             "params": record["params"],
@@ -344,15 +348,25 @@ class JobService:
         return file["name"] if file is not None else file_id
 
     async def _submit(self, running: RunningJob, spec: dict[str, Any], ended: asyncio.Event) -> dict[str, Any]:
+        worker = running.worker
         try:
-            future = self._pool.run(running.worker, run_job, spec)
+            future = self._pool.run(worker, run_job, spec)
         except BrokenProcessPool:
-            # The worker died while idle, before the watch noticed: this job never ran.
+            # The worker died while idle, and its executor noticed before the watch did.
+            logger.warning("worker pid %s had exited before the job was handed to it; queued again",
+                           worker.pid, extra=running.log_ids())
             return {"status": "not_started"}
         try:
             outcome = await future
         except BrokenProcessPool:
-            return {"status": "crashed", "exit_code": await self._pool.exit_code(running.worker)}
+            exit_code = await self._pool.exit_code(worker)
+            if self._pool.started_mark(worker) != spec["mark"]:
+                # The worker died before it took the job, for example within the few milliseconds
+                # in which its executor had not yet noticed, so the job is not to blame.
+                logger.warning("worker pid %s exited with %s before it started the job; queued again",
+                               worker.pid, describe_exit(exit_code), extra=running.log_ids())
+                return {"status": "not_started"}
+            return {"status": "crashed", "exit_code": exit_code}
 
         if not self.events_lost and outcome.get("sent_events", True):
             # The result often overtakes the job's last events, which travel through the Manager queue.
@@ -399,12 +413,12 @@ class JobService:
         if reason == "stopping" or self.stopping:
             return {"status": INTERRUPTED, "error": {
                 "type": "Interrupted", "message": "the server stopped while the job ran"}}
-        if outcome["status"] == "not_started":
-            return {"status": QUEUED, "retry": False}
         if reason == CANCELLED:
             return {"status": CANCELLED}
         if reason == TIMED_OUT:
             return self._timed_out_outcome(running)
+        if outcome["status"] == "not_started":
+            return {"status": QUEUED, "retry": False}
         if reason == "memory":
             limit = self._settings.max_worker_rss_bytes
             return {"status": FAILED, "error": {

@@ -38,6 +38,9 @@ class Worker:
         self.job_id: str | None = None
         # Why the server killed this worker, if it did: "cancelled", "timed_out", "memory" or "stopping".
         self.kill_reason: str | None = None
+        # Shared memory in which the worker process stores the mark of each job it starts, so that a
+        # job whose worker died during it is not confused with a job that the worker never took.
+        self.started: Any = None
 
     @property
     def pid(self) -> int | None:
@@ -92,8 +95,10 @@ class WorkerPool:
                     self._context.get_start_method(), [worker.pid for worker in self.workers])
 
     async def _start_worker(self, worker: Worker) -> None:
+        # Shared memory may be handed to a child only as it is spawned, as an initializer argument.
+        started = self._context.RawValue("Q", 0)
         executor = ProcessPoolExecutor(1, mp_context=self._context, initializer=init_worker,
-                                       initargs=self._initargs)
+                                       initargs=(*self._initargs, started))
         loop = asyncio.get_running_loop()
         with sigint_blocked():
             warmed = loop.run_in_executor(executor, warm_up, self._extra_modules)
@@ -103,11 +108,16 @@ class WorkerPool:
             await _stop_executor(executor)
             raise
         worker.executor = executor
+        worker.started = started
         # Python 3.11 has no public accessor for an executor's processes.
         worker.process = next(iter(executor._processes.values()))
         worker.jobs_run = 0
         worker.job_id = None
         worker.kill_reason = None
+
+    def started_mark(self, worker: Worker) -> int:
+        """Return the mark of the last job the worker process started, 0 before its first."""
+        return int(worker.started.value) if worker.started is not None else 0
 
     def take_idle(self) -> Worker | None:
         """Return an idle worker for a job, or None if all are busy or being replaced."""

@@ -6,6 +6,7 @@ import ctypes
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,3 +109,24 @@ def not_json(context: JobContext, inputs: list[Path], params: NoParams) -> dict[
 NOT_JSON = JobKind(name="not-json", function=not_json, params=NoParams,
                    description="Return a result that JSON cannot encode (tests only).", min_inputs=0, max_inputs=None)
 KINDS.append(NOT_JSON)
+
+
+def exit_after_result(context: JobContext, inputs: list[Path], params: NoParams) -> dict[str, int]:
+    """Return, and end the worker process right after it has sent this job's result to the server."""
+    import concurrent.futures.process as executor_module
+
+    send_result = executor_module._sendback_result
+
+    def send_then_exit(*args: Any, **kwargs: Any) -> None:
+        # CPython 3.11's worker loop sends each result through this private function.
+        send_result(*args, **kwargs)
+        os._exit(7)
+
+    executor_module._sendback_result = send_then_exit
+    return {"pid": os.getpid()}
+
+
+EXIT_AFTER_RESULT = JobKind(name="exit-after-result", function=exit_after_result, params=NoParams,
+                            description="Return, then end the worker process (tests only).", min_inputs=0,
+                            max_inputs=None)
+KINDS.append(EXIT_AFTER_RESULT)

@@ -186,6 +186,24 @@ def test_idle_worker_death_does_not_fail_next_job(server_factory: object) -> Non
     assert record["attempts"] == 1
 
 
+def test_job_behind_dying_worker_not_blamed(server_factory: object) -> None:
+    # One worker and no retries: a job blamed for a crash it never ran into would fail for good.
+    server = server_factory("--workers", "1", "--crash-retries", "0")
+    api = Api(server)
+    for _ in range(5):
+        first = api.start("exit-after-result", [])
+        second = api.start("spin", [], seconds=0)
+        assert api.wait_job(first["job_id"])["state"] == "succeeded"
+        record = api.wait_job(second["job_id"])
+        assert record["state"] == "succeeded", record
+        assert record["attempts"] == 1
+        # The replacement worker starts before the next round.
+        api.wait_job(api.start("spin", [], seconds=0)["job_id"])
+
+    assert "queued again" in server.log()
+    assert "on every attempt" not in server.log()
+
+
 def test_pool_recovers_when_new_workers_die(server_factory: object) -> None:
     server = server_factory()
     api = Api(server)

@@ -28,6 +28,8 @@ from .registry import builtin_modules, find_kind, load_kinds
 # to the Manager and registers a reference there, which is too slow to repeat for every job.
 _events: queue.Queue[dict[str, Any]] | None = None
 _cancel_flags: MutableMapping[str, bool] | None = None
+# Shared memory where this worker stores the ``mark`` of each job as it starts it.
+_started: Any = None
 
 # A job's error message and traceback are stored and logged; past these sizes they are cut.
 MAX_ERROR_MESSAGE_CHARS = 2000
@@ -88,18 +90,20 @@ def _exit_with_parent(sentinel: int) -> None:
 
 
 def init_worker(events: queue.Queue[dict[str, Any]] | None,
-                cancel_flags: MutableMapping[str, bool] | None, log_level: str, log_format: str) -> None:
+                cancel_flags: MutableMapping[str, bool] | None, log_level: str, log_format: str,
+                started: Any = None) -> None:
     """Pool initializer: ignore group signals, watch the server, log like it, and keep the Manager proxies.
 
     Workers keep the default SIGTERM action, because ProcessPoolExecutor stops the remaining workers
     of a broken pool with ``terminate()`` and then joins them.
     """
-    global _events, _cancel_flags
+    global _events, _cancel_flags, _started
     _ignore_signals(GROUP_SIGNALS)
     _watch_parent()
     configure_logging(log_level, log_format)
     _events = events
     _cancel_flags = cancel_flags
+    _started = started
 
 
 def warm_up(extra_modules: list[str]) -> int:
@@ -112,13 +116,16 @@ def warm_up(extra_modules: list[str]) -> int:
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one job and return its outcome: ``{"status": ..., "result" | "error": ...}``.
 
-    ``spec`` contains ``job_id``, ``session_id``, ``module``, ``kind``, ``params``, ``inputs`` (paths),
-    ``input_names`` (the user's file names) and ``output_dir``. The outcome also lists the job's
+    ``spec`` contains ``job_id``, ``session_id``, ``mark`` (a number the server never gives twice),
+    ``module``, ``kind``, ``params``, ``inputs`` (paths), ``input_names`` (the user's file names) and
+    ``output_dir``. The outcome also lists the job's
     finished ``outputs`` and records whether it ``sent_events``. A job that sent events sends
     ``{"type": "end"}`` last, so the server can tell that every progress event of this job has
     arrived before it publishes the final state. A job that sent none skips the marker, which
     would cost a round trip to the Manager for nothing.
     """
+    if _started is not None and "mark" in spec:
+        _started.value = spec["mark"]
     output_dir = Path(spec["output_dir"])
     context = JobContext(spec["job_id"], spec["session_id"], output_dir, _events, _cancel_flags,
                          spec.get("input_names"))
