@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -332,7 +334,8 @@ class _MultipartForm:
             if isinstance(event, File) and event.name == FILE_FIELD:
                 self.context.quota.start_file()
                 sink = await asyncio.to_thread(FileSink, self.new_path())
-                self.current = (BatchedWriter(sink, self.context), event.filename, _part_type(event.headers))
+                self.current = (BatchedWriter(sink, self.context), _part_filename(event),
+                                _part_type(event.headers))
             elif isinstance(event, Field) and event.name == FILE_FIELD:
                 raise ValueError(f"part {FILE_FIELD!r} has no filename; send it as a file")
             elif isinstance(event, Data) and self.current is not None:
@@ -353,6 +356,26 @@ class _MultipartForm:
             self.current = None
         for upload in self.stored:
             await asyncio.to_thread(upload.path.unlink, missing_ok=True)
+
+
+# An RFC 5987 extended value: charset, an optional language, then percent-encoded bytes.
+_EXTENDED_FILENAME_RE = re.compile(r"""filename\*\s*=\s*([A-Za-z0-9!#$%&+^_`{}~-]+)'[^']*'([^;\s]*)""")
+
+
+def _part_filename(event: File) -> str:
+    """Return a file part's name, taking ``filename*`` as it is encoded.
+
+    Werkzeug 3.1 strips a pair of double quotes from a decoded ``filename*``, so a file named
+    ``"a"`` became ``a`` and one named ``"`` lost its name. The extended value is never quoted.
+    """
+    disposition = event.headers.get("content-disposition", "")
+    match = _EXTENDED_FILENAME_RE.search(disposition)
+    if match is None:
+        return event.filename
+    try:
+        return unquote(match.group(2), encoding=match.group(1), errors="strict")
+    except (LookupError, UnicodeDecodeError):
+        return event.filename
 
 
 def _part_type(headers: Headers) -> str:

@@ -36,6 +36,10 @@ NAMES = [
     (" ", "upload"),
     ("quote\"semi;colon.txt", "quote\"semi;colon.txt"),
     ("percent%41.txt", "percent%41.txt"),
+    # Werkzeug strips a pair of double quotes from a decoded filename*.
+    ('"', '"'),
+    ('"quoted".txt', '"quoted".txt'),
+    ('"both"', '"both"'),
 ]
 
 
