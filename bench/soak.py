@@ -66,7 +66,7 @@ KILLED_TWICE_ATTEMPTS = 2
 # Loop bounds far above what a 600 s run reaches, so the run's deadline ends the loops first.
 MAX_ITERATIONS = 1_000_000
 # Log lines that the kills cause. They report that a job's worker died, or an idle or starting one.
-EXPECTED_LOG_MARKERS = ("killed its worker", "replacing it", "failed (BrokenProcessPool")
+EXPECTED_LOG_MARKERS = ("killed its worker", "replacing it", "failed (BrokenProcessPool", "queued again")
 PID_MESSAGE = re.compile(r"pid (\d+)")
 
 
