@@ -41,8 +41,8 @@ class FlowControlledBody(Body):
 
     It keeps the received messages as they arrived instead of appending them to Quart's bytearray,
     and iteration yields them one at a time, so reading a body as a stream copies nothing. Small
-    messages are merged (``append_chunk``), which copies only those. Awaiting
-    the whole body turns flow control off, because that reader takes nothing until the end.
+    messages are merged (``append_chunk``), which copies only those. Awaiting the whole body turns
+    flow control off, because that reader takes nothing until the end.
     """
 
     def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:

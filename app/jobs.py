@@ -157,6 +157,12 @@ class JobService:
             self._queued.append(record["job_id"])
         self._queued_by_session[record["session_id"]] += 1
 
+    def _take_queued(self) -> Record:
+        """Remove the job at the head of the queue and return its record."""
+        record = self._store.jobs[self._queued.popleft()]
+        self._count_dequeued(record["session_id"])
+        return record
+
     def _count_dequeued(self, session_id: str) -> None:
         self._queued_by_session[session_id] -= 1
         if self._queued_by_session[session_id] <= 0:
@@ -288,9 +294,8 @@ class JobService:
             worker = self._pool.take_idle()
             if worker is None:
                 return
-            job_id = self._queued.popleft()
-            record = self._store.jobs[job_id]
-            self._count_dequeued(record["session_id"])
+            record = self._take_queued()
+            job_id = record["job_id"]
             worker.job_id = job_id
             running = self._running[job_id] = RunningJob(job_id, record["session_id"], record["kind"], worker)
             self._set_state(record, RUNNING, started_at=time.time(), attempts=record["attempts"] + 1)
@@ -360,7 +365,7 @@ class JobService:
             outcome = await future
         except BrokenProcessPool:
             exit_code = await self._pool.exit_code(worker)
-            if self._pool.started_mark(worker) != spec["mark"]:
+            if worker.started_mark != spec["mark"]:
                 # The worker died before it took the job, for example within the few milliseconds
                 # in which its executor had not yet noticed, so the job is not to blame.
                 logger.warning("worker pid %s exited with %s before it started the job; queued again",
@@ -536,8 +541,7 @@ class JobService:
         if self._queued:
             logger.info("interrupting %d queued jobs", len(self._queued))
         while self._queued:
-            record = self._store.jobs[self._queued.popleft()]
-            self._count_dequeued(record["session_id"])
+            record = self._take_queued()
             self._set_state(record, INTERRUPTED, finished_at=time.time(), error={
                 "type": "Interrupted", "message": "the server stopped before the job started"})
         tasks = self._tasks()

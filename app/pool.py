@@ -55,6 +55,11 @@ class Worker:
         except psutil.Error:
             return 0
 
+    @property
+    def started_mark(self) -> int:
+        """The mark of the last job the worker process started, 0 before its first."""
+        return int(self.started.value) if self.started is not None else 0
+
     def kill(self, reason: str) -> None:
         if self.process is not None and self.process.is_alive():
             self.kill_reason = reason
@@ -114,10 +119,6 @@ class WorkerPool:
         worker.jobs_run = 0
         worker.job_id = None
         worker.kill_reason = None
-
-    def started_mark(self, worker: Worker) -> int:
-        """Return the mark of the last job the worker process started, 0 before its first."""
-        return int(worker.started.value) if worker.started is not None else 0
 
     def take_idle(self) -> Worker | None:
         """Return an idle worker for a job, or None if all are busy or being replaced."""

@@ -149,8 +149,9 @@ class FileSink:
         self._file = self.partial.open("wb")
 
     def write(self, chunks: list[bytes | bytearray]) -> None:
-        # CPython 3.11 releases the GIL while it joins 1 MiB or more, hashes more than 2 KiB or
-        # writes to a file, so the event loop runs meanwhile.
+        # CPython 3.11 releases the GIL while it joins 1 MiB or more of bytes objects, hashes more
+        # than 2 KiB or writes to a file, so the event loop runs meanwhile. A bytearray in the batch,
+        # from merged small messages, keeps the GIL held during the join.
         data = b"".join(chunks)
         self._hash.update(data)
         self._file.write(data)

@@ -150,7 +150,6 @@ class JobPoster:
         address = httpx.URL(base_url)
         self._host = address.host
         self._port = address.port or 80
-        self._path = path
         self._head = (f"POST {path} HTTP/1.1\r\nHost: {address.host}:{self._port}\r\n"
                       f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n").encode()
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []

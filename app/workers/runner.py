@@ -118,13 +118,13 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
     ``spec`` contains ``job_id``, ``session_id``, ``mark`` (a number the server never gives twice),
     ``module``, ``kind``, ``params``, ``inputs`` (paths), ``input_names`` (the user's file names) and
-    ``output_dir``. The outcome also lists the job's
-    finished ``outputs`` and records whether it ``sent_events``. A job that sent events sends
+    ``output_dir``. The outcome also lists the job's finished ``outputs`` and records whether it
+    ``sent_events``. A job that sent events sends
     ``{"type": "end"}`` last, so the server can tell that every progress event of this job has
     arrived before it publishes the final state. A job that sent none skips the marker, which
     would cost a round trip to the Manager for nothing.
     """
-    if _started is not None and "mark" in spec:
+    if _started is not None:
         _started.value = spec["mark"]
     output_dir = Path(spec["output_dir"])
     context = JobContext(spec["job_id"], spec["session_id"], output_dir, _events, _cancel_flags,
